@@ -1,0 +1,290 @@
+"""The data that describes a model family: prunable axes, the tensors they cut, and where masks act.
+
+An adapter turns a transformers config into three lists of plain data:
+
+- ``axes``: every prunable axis instance (the hidden channels, the query heads of layer 3, ...),
+- ``tensors``: every parameter, its shape, and for each dimension the segments that axes select,
+- ``mask_sites``: where a mask acts so that a masked forward equals the sliced model's forward.
+
+importance/, prune/ and elastic/ consume these lists and never ask which family a model is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import PlanError
+
+__all__ = [
+    "AXIS_KINDS",
+    "Axis",
+    "Segment",
+    "TensorSpec",
+    "MaskSite",
+    "DiskKey",
+    "Adapter",
+    "dim_indices",
+    "select",
+]
+
+AXIS_KINDS = (
+    "hidden",
+    "attention_heads",
+    "mlp",
+    "mamba_heads",
+    "mamba_head_dim",
+    "experts",
+    "expert_ffn",
+    "shared_ffn",
+    "depth",
+)
+
+Kept = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One prunable axis instance.
+
+    ``units`` form ``groups`` contiguous blocks of equal size; a plan keeps the same count in every block
+    (query heads per KV group, Mamba heads per B/C group, experts per routing group).
+    """
+
+    name: str
+    kind: str
+    size: int
+    layer: int | None = None
+    groups: int = 1
+
+    @property
+    def group_size(self) -> int:
+        return self.size // self.groups
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous run of ``length`` positions along one tensor dimension.
+
+    The run is ``length // inner_size`` blocks of ``inner_size``; axis ``outer`` picks blocks and
+    axis ``inner`` picks positions inside every block (the same ones in each). A missing axis keeps all.
+    Example: Mamba x-channels are ``Segment(H * P, outer=heads, inner=head_dim, inner_size=P)``.
+    """
+
+    length: int
+    outer: str | None = None
+    inner: str | None = None
+    inner_size: int = 1
+
+    def indices(self, kept: Kept) -> torch.Tensor | None:
+        """Kept positions inside the segment, or None when the segment keeps everything."""
+        outer = kept.get(self.outer) if self.outer else None
+        inner = kept.get(self.inner) if self.inner else None
+        if outer is None and inner is None:
+            return None
+        if outer is None:
+            outer = torch.arange(self.length // self.inner_size)
+        if inner is None:
+            inner = torch.arange(self.inner_size)
+        return (outer[:, None] * self.inner_size + inner[None, :]).reshape(-1)
+
+    def axes(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.outer, self.inner) if a)
+
+
+def dim_indices(segments: Sequence[Segment], kept: Kept) -> torch.Tensor | None:
+    """Kept positions along a dimension made of ``segments`` laid end to end; None keeps all."""
+    parts, offset, any_cut = [], 0, False
+    for seg in segments:
+        idx = seg.indices(kept)
+        if idx is None:
+            idx = torch.arange(seg.length)
+        else:
+            any_cut = True
+        parts.append(idx + offset)
+        offset += seg.length
+    return torch.cat(parts) if any_cut else None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A parameter (in the in-memory naming of transformers) and how axes cut it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dims: Mapping[int, tuple[Segment, ...]] = field(default_factory=dict)
+    layer: int | None = None
+    tied_to: str | None = None  # a tied weight: same storage as ``tied_to``, counted once
+    buffer: bool = False  # a persistent buffer: saved and sliced, not counted as a parameter
+
+    def axes(self) -> set[str]:
+        return {a for segs in self.dims.values() for s in segs for a in s.axes()}
+
+    def sliced_shape(self, kept: Kept) -> tuple[int, ...]:
+        shape = list(self.shape)
+        for dim, segs in self.dims.items():
+            idx = dim_indices(segs, kept)
+            if idx is not None:
+                shape[dim] = len(idx)
+        return tuple(shape)
+
+
+def select(tensor: torch.Tensor, dims: Mapping[int, Sequence[Segment]], kept: Kept) -> torch.Tensor:
+    """Cut ``tensor`` to the kept positions of every described dimension (a copy when anything is cut)."""
+    for dim, segs in dims.items():
+        idx = dim_indices(segs, kept)
+        if idx is not None:
+            tensor = tensor.index_select(dim, idx)
+    return tensor
+
+
+@dataclass(frozen=True)
+class MaskSite:
+    """Where a mask acts on a loaded model.
+
+    ``how``:
+      - ``rms_norm``: the RMSNorm at ``module`` normalizes over kept channels only and zeroes the rest;
+      - ``gated_rms_norm``: the same for a grouped, gated RMSNorm (Mamba), variance per group over kept channels;
+      - ``input_columns``: columns (last dim) of ``module``'s parameter ``param`` are multiplied by the mask;
+      - ``router``: experts left out are never routed to (``flavor`` ``softmax`` or ``sigmoid_bias``).
+
+    Depth needs no site: a dropped layer returns its input (see ``masking.bypass_layers``).
+    """
+
+    module: str
+    how: str
+    segments: tuple[Segment, ...] = ()
+    param: str = "weight"
+    groups: int = 1
+    flavor: str = ""
+
+
+@dataclass(frozen=True)
+class DiskKey:
+    """A checkpoint key decoded into the in-memory parameter it belongs to.
+
+    ``expert``: the key holds one expert of a fused ``[E, ...]`` parameter. ``part``: it holds only segment
+    ``part`` of the parameter's dimension ``part_dim`` (a gate half of a fused gate_up projection).
+    """
+
+    memory_name: str
+    expert: int | None = None
+    part: int | None = None
+    part_dim: int = 0
+
+
+@dataclass(frozen=True)
+class _DiskPattern:
+    disk: re.Pattern
+    memory: str
+    part: int | None = None
+    part_dim: int = 1
+
+
+class Adapter:
+    """Base class: subclasses describe one family. Everything here is generic over the description."""
+
+    model_types: tuple[str, ...] = ()
+    #: ModelOpt export key -> axis kind
+    export_keys: Mapping[str, str] = {}
+    #: in-memory prefix of the decoder layers, e.g. ``model.layers``
+    layers_prefix: str = "model.layers"
+    #: (disk prefix, memory prefix) renames, applied before expert patterns
+    disk_renames: tuple[tuple[str, str], ...] = ()
+    #: per-expert disk keys: (regex on the memory-renamed key with groups (layer, expert), memory name template,
+    #: part index or None); the template uses {layer}
+    disk_experts: tuple[tuple[str, str, int | None], ...] = ()
+
+    # ---- to be provided by each family -------------------------------------------------------------
+    def axes(self, config) -> list[Axis]:
+        raise NotImplementedError
+
+    def tensors(self, config) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def mask_sites(self, config) -> list[MaskSite]:
+        raise NotImplementedError
+
+    def sized_config(self, config, sizes: Mapping[str, int], kept_layers: Sequence[int]) -> dict:
+        """Config fields to change for uniform new ``sizes`` (axis kind -> count) and the kept layers."""
+        raise NotImplementedError
+
+    def num_layers(self, config) -> int:
+        return config.num_hidden_layers
+
+    def layer_kinds(self, config) -> list[str]:
+        """One word per decoder layer naming what it holds (for tables and cost models)."""
+        raise NotImplementedError
+
+    def kv_cache_layers(self, config) -> list[int]:
+        """Layers that keep a KV cache (attention)."""
+        raise NotImplementedError
+
+    def mamba_state_numel(self, config) -> int:
+        """Per-sequence numel of the conv plus SSM state of one Mamba layer (0 for families without Mamba)."""
+        return 0
+
+    def experts_per_token(self, config) -> int:
+        """Routed experts each token uses (0 for dense families)."""
+        return 0
+
+    def moe_active_fraction(self, config) -> float:
+        """Fraction of routed-expert parameters used per token."""
+        return 1.0
+
+    def check_sizes(self, config, sizes: Mapping[str, int]) -> None:
+        """Refuse new sizes (axis kind -> count) that the family cannot run with."""
+        top_k = self.experts_per_token(config)
+        if "experts" in sizes and sizes["experts"] < top_k:
+            raise PlanError(
+                f"cannot keep {sizes['experts']} experts: every token is routed to {top_k}; keep at least {top_k}"
+            )
+
+    # ---- generic -----------------------------------------------------------------------------------
+    def axis_map(self, config) -> dict[str, Axis]:
+        return {a.name: a for a in self.axes(config)}
+
+    def layer_of(self, name: str) -> int | None:
+        """Decoder layer index of an in-memory parameter name, or None."""
+        prefix = self.layers_prefix + "."
+        if not name.startswith(prefix):
+            return None
+        return int(name[len(prefix) :].split(".", 1)[0])
+
+    def renumber(self, name: str, new_layer: int) -> str:
+        prefix = self.layers_prefix + "."
+        rest = name[len(prefix) :].split(".", 1)[1]
+        return f"{prefix}{new_layer}.{rest}"
+
+    def _patterns(self) -> list[_DiskPattern]:
+        cached = self.__dict__.get("_compiled")
+        if cached is None:
+            cached = [_DiskPattern(re.compile(rx), mem, part) for rx, mem, part in self.disk_experts]
+            self.__dict__["_compiled"] = cached
+        return cached
+
+    def decode_disk_key(self, key: str) -> tuple[DiskKey, re.Match | None]:
+        """Map a checkpoint key to its in-memory parameter (and expert / part), see :class:`DiskKey`."""
+        name = key
+        for disk, memory in self.disk_renames:
+            name = name.replace(disk, memory)
+        for pat in self._patterns():
+            m = pat.disk.fullmatch(name)
+            if m:
+                memory = pat.memory.format(layer=m.group(1))
+                return DiskKey(memory, expert=int(m.group(2)), part=pat.part, part_dim=pat.part_dim), m
+        return DiskKey(name), None
+
+    def encode_disk_key(self, key: str, new_layer: int | None, new_expert: int | None) -> str:
+        """The checkpoint key ``key`` renumbered to a new layer and expert index, in the same layout."""
+        layer_rx = r"(^|\.)(layers\.)(\d+)(\.)"
+        if new_layer is not None:
+            key = re.sub(layer_rx, lambda m: f"{m.group(1)}{m.group(2)}{new_layer}{m.group(4)}", key, count=1)
+        if new_expert is not None:
+            key = re.sub(
+                r"(experts\.)(\d+)(\.)", lambda m: f"{m.group(1)}{new_expert}{m.group(3)}", key, count=1
+            )
+        return key

@@ -1,0 +1,89 @@
+"""Mamba-2 (pure state-space model, ``model_type`` mamba2)."""
+
+from __future__ import annotations
+
+from ..errors import PlanError
+from .base import Adapter, Axis, TensorSpec
+from .blocks import DEPTH, HIDDEN, axis_name, hidden_dim, mamba2_mixer, norm
+
+__all__ = ["Mamba2Adapter"]
+
+
+class Mamba2Adapter(Adapter):
+    model_types = ("mamba2",)
+    export_keys = {
+        "hidden_size": "hidden",
+        "mamba_num_heads": "mamba_heads",
+        "mamba_head_dim": "mamba_head_dim",
+        "num_layers": "depth",
+    }
+    layers_prefix = "backbone.layers"
+
+    def layer_kinds(self, config) -> list[str]:
+        return ["mamba"] * config.num_hidden_layers
+
+    def kv_cache_layers(self, config) -> list[int]:
+        return []
+
+    def mamba_state_numel(self, config) -> int:
+        inner = config.num_heads * config.head_dim
+        conv = (inner + 2 * config.n_groups * config.state_size) * config.conv_kernel
+        return conv + config.num_heads * config.head_dim * config.state_size
+
+    def axes(self, config) -> list[Axis]:
+        axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", config.num_hidden_layers)]
+        for i in range(config.num_hidden_layers):
+            axes.append(
+                Axis(axis_name(i, "mamba_heads"), "mamba_heads", config.num_heads, i, config.n_groups)
+            )
+            axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.head_dim, i))
+        return axes
+
+    def _blocks(self, config):
+        d = config.hidden_size
+        yield norm("backbone.norm_f.weight", d, None)
+        for i in range(config.num_hidden_layers):
+            p = f"backbone.layers.{i}"
+            yield norm(f"{p}.norm.weight", d, i)
+            yield mamba2_mixer(
+                f"{p}.mixer", i, d, config.num_heads, config.head_dim, config.n_groups, config.state_size,
+                config.conv_kernel, config.use_conv_bias, config.use_bias,
+            )  # fmt: skip
+
+    def tensors(self, config) -> list[TensorSpec]:
+        d, v = config.hidden_size, config.vocab_size
+        tied = "backbone.embeddings.weight" if config.tie_word_embeddings else None
+        specs = [
+            TensorSpec("backbone.embeddings.weight", (v, d), {1: hidden_dim(d)}),
+            TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
+        ]
+        for block_specs, _ in self._blocks(config):
+            specs += block_specs
+        return specs
+
+    def mask_sites(self, config):
+        return [site for _, sites in self._blocks(config) for site in sites]
+
+    def check_sizes(self, config, sizes) -> None:
+        hidden = sizes.get("hidden", config.hidden_size)
+        inner = sizes.get("mamba_heads", config.num_heads) * sizes.get("mamba_head_dim", config.head_dim)
+        if inner % hidden:
+            raise PlanError(
+                f"Mamba2 sizes its inner width as expand * hidden_size with an integer expand: heads * head_dim = "
+                f"{inner} is not a multiple of hidden_size {hidden}; choose sizes with heads * head_dim = k * hidden_size"
+            )
+
+    def sized_config(self, config, sizes, kept_layers) -> dict:
+        out = {"num_hidden_layers": len(kept_layers)}
+        for kind, field in (
+            ("hidden", "hidden_size"),
+            ("mamba_heads", "num_heads"),
+            ("mamba_head_dim", "head_dim"),
+        ):
+            if kind in sizes:
+                out[field] = sizes[kind]
+        hidden = out.get("hidden_size", config.hidden_size)
+        inner = out.get("num_heads", config.num_heads) * out.get("head_dim", config.head_dim)
+        # Mamba2Mixer sizes its inner width as int(expand * hidden_size): keep it equal to heads * head_dim.
+        out["expand"] = inner // hidden
+        return out

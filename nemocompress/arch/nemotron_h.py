@@ -1,0 +1,185 @@
+"""NemotronH (Nemotron-H, Nemotron Nano 2, Nemotron 3 Nano): Mamba-2, attention, relu^2 MLP and MoE layers."""
+
+from __future__ import annotations
+
+from .base import Adapter, Axis, TensorSpec
+from .blocks import (
+    DEPTH,
+    HIDDEN,
+    attention,
+    axis_name,
+    fused_experts,
+    hidden_dim,
+    mamba2_mixer,
+    norm,
+    plain_mlp,
+    router,
+)
+
+__all__ = ["NemotronHAdapter"]
+
+MAMBA, ATTENTION, MLP, MOE = "linear_attention", "full_attention", "mlp", "moe"
+_LAYER_WORD = {MAMBA: "mamba", ATTENTION: "attention", MLP: "mlp", MOE: "moe"}
+
+
+class NemotronHAdapter(Adapter):
+    model_types = ("nemotron_h",)
+    export_keys = {
+        "hidden_size": "hidden",
+        "ffn_hidden_size": "mlp",
+        "num_attention_heads": "attention_heads",
+        "mamba_num_heads": "mamba_heads",
+        "mamba_head_dim": "mamba_head_dim",
+        "num_moe_experts": "experts",
+        "moe_ffn_hidden_size": "expert_ffn",
+        "moe_shared_expert_intermediate_size": "shared_ffn",
+        "num_layers": "depth",
+    }
+    layers_prefix = "model.layers"
+    disk_renames = (("backbone.", "model."),)
+    disk_experts = (
+        (
+            r"model\.layers\.(\d+)\.mixer\.experts\.(\d+)\.up_proj\.weight",
+            "model.layers.{layer}.mixer.experts.up_proj",
+            None,
+        ),
+        (
+            r"model\.layers\.(\d+)\.mixer\.experts\.(\d+)\.down_proj\.weight",
+            "model.layers.{layer}.mixer.experts.down_proj",
+            None,
+        ),
+    )
+
+    def num_layers(self, config) -> int:
+        return len(config.layers_block_type)
+
+    def layer_kinds(self, config) -> list[str]:
+        return [_LAYER_WORD[t] for t in config.layers_block_type]
+
+    def kv_cache_layers(self, config) -> list[int]:
+        return [i for i, t in enumerate(config.layers_block_type) if t == ATTENTION]
+
+    def mamba_state_numel(self, config) -> int:
+        inner = config.mamba_num_heads * config.mamba_head_dim
+        conv = (inner + 2 * config.n_groups * config.ssm_state_size) * config.conv_kernel
+        return conv + config.mamba_num_heads * config.mamba_head_dim * config.ssm_state_size
+
+    def experts_per_token(self, config) -> int:
+        return config.num_experts_per_tok if MOE in config.layers_block_type else 0
+
+    def moe_active_fraction(self, config) -> float:
+        return config.num_experts_per_tok / config.n_routed_experts
+
+    def axes(self, config) -> list[Axis]:
+        axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", self.num_layers(config))]
+        for i, t in enumerate(config.layers_block_type):
+            if t == MAMBA:
+                axes.append(
+                    Axis(
+                        axis_name(i, "mamba_heads"), "mamba_heads", config.mamba_num_heads, i, config.n_groups
+                    )
+                )
+                axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.mamba_head_dim, i))
+            elif t == ATTENTION:
+                h, kv = config.num_attention_heads, config.num_key_value_heads
+                axes.append(Axis(axis_name(i, "attention_heads"), "attention_heads", h, i, kv))
+            elif t == MLP:
+                axes.append(Axis(axis_name(i, "mlp"), "mlp", config.intermediate_size, i))
+            elif t == MOE:
+                axes.append(
+                    Axis(axis_name(i, "experts"), "experts", config.n_routed_experts, i, config.n_group)
+                )
+                axes.append(Axis(axis_name(i, "expert_ffn"), "expert_ffn", config.moe_intermediate_size, i))
+                axes.append(
+                    Axis(
+                        axis_name(i, "shared_ffn"),
+                        "shared_ffn",
+                        config.moe_shared_expert_intermediate_size,
+                        i,
+                    )
+                )
+        return axes
+
+    def _blocks(self, config):
+        d = config.hidden_size
+        for i, t in enumerate(config.layers_block_type):
+            p = f"model.layers.{i}"
+            yield norm(f"{p}.norm.weight", d, i)
+            m = f"{p}.mixer"
+            if t == MAMBA:
+                yield mamba2_mixer(
+                    m, i, d, config.mamba_num_heads, config.mamba_head_dim, config.n_groups,
+                    config.ssm_state_size, config.conv_kernel, config.use_conv_bias, config.mamba_proj_bias,
+                )  # fmt: skip
+            elif t == ATTENTION:
+                h, kv, hd, b = (
+                    config.num_attention_heads,
+                    config.num_key_value_heads,
+                    config.head_dim,
+                    config.attention_bias,
+                )
+                yield attention(m, i, d, h, kv, hd, qkv_bias=b, o_bias=b)
+            elif t == MLP:
+                yield plain_mlp(m, i, d, config.intermediate_size, bias=config.mlp_bias)
+            elif t == MOE:
+                yield from self._moe(m, i, config)
+
+    def _moe(self, m, i, config):
+        d, latent = config.hidden_size, config.moe_latent_size
+        d_in = latent if latent is not None else d
+        yield fused_experts(
+            f"{m}.experts", i, d_in, config.n_routed_experts, config.moe_intermediate_size,
+            gated=False, hidden_cut=latent is None, names=("up_proj", "down_proj"),
+        )  # fmt: skip
+        yield router(f"{m}.gate", i, d, config.n_routed_experts, "sigmoid_bias", True, config.n_group)
+        yield plain_mlp(
+            f"{m}.shared_experts",
+            i,
+            d,
+            config.moe_shared_expert_intermediate_size,
+            "shared_ffn",
+            config.mlp_bias,
+        )
+        if latent is not None:
+            b = config.mlp_bias
+            specs = [TensorSpec(f"{m}.fc1_latent_proj.weight", (latent, d), {1: hidden_dim(d)}, i)]
+            specs += [TensorSpec(f"{m}.fc2_latent_proj.weight", (d, latent), {0: hidden_dim(d)}, i)]
+            if b:
+                specs += [TensorSpec(f"{m}.fc1_latent_proj.bias", (latent,), {}, i)]
+                specs += [TensorSpec(f"{m}.fc2_latent_proj.bias", (d,), {0: hidden_dim(d)}, i)]
+            yield specs, []
+
+    def _outer(self, config):
+        d, v = config.hidden_size, config.vocab_size
+        specs = [TensorSpec("model.embeddings.weight", (v, d), {1: hidden_dim(d)})]
+        final_specs, final_sites = norm("model.norm_f.weight", d, None)
+        # NemotronHForCausalLM never ties lm_head to the embeddings, whatever tie_word_embeddings says.
+        specs += final_specs + [TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)})]
+        return specs, final_sites
+
+    def tensors(self, config) -> list[TensorSpec]:
+        specs = self._outer(config)[0]
+        for block_specs, _ in self._blocks(config):
+            specs += block_specs
+        return specs
+
+    def mask_sites(self, config):
+        sites = self._outer(config)[1]
+        for _, block_sites in self._blocks(config):
+            sites += block_sites
+        return sites
+
+    def sized_config(self, config, sizes, kept_layers) -> dict:
+        field = {
+            "hidden": "hidden_size",
+            "mlp": "intermediate_size",
+            "attention_heads": "num_attention_heads",
+            "mamba_heads": "mamba_num_heads",
+            "mamba_head_dim": "mamba_head_dim",
+            "experts": "n_routed_experts",
+            "expert_ffn": "moe_intermediate_size",
+            "shared_ffn": "moe_shared_expert_intermediate_size",
+        }
+        out = {field[k]: v for k, v in sizes.items() if k in field}
+        out["layers_block_type"] = [config.layers_block_type[i] for i in kept_layers]
+        return out

@@ -1,0 +1,317 @@
+"""Checkpoints on disk: safetensors read and written tensor by tensor, atomic output directories.
+
+The reader parses safetensors headers itself and reads only the byte ranges it needs with plain file
+reads (no mmap), so that peak memory while streaming stays near one chunk, not the model size. Weights are
+never loaded with pickle: a checkpoint with only ``*.bin`` files is refused with a way to convert it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from .errors import CheckpointError, OutputError
+
+__all__ = [
+    "TensorInfo",
+    "load_config",
+    "list_tensors",
+    "read_tensor",
+    "read_rows",
+    "SafetensorsWriter",
+    "atomic_output_dir",
+    "copy_side_files",
+    "SAFE_INDEX",
+    "SAFE_SINGLE",
+]
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+_HEADER_LIMIT = 100 * 2**20
+
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lies: file, absolute byte offset, dtype and shape."""
+
+    key: str
+    file: Path
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return _numel(self.shape) * _itemsize(self.dtype)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} is truncated or corrupt ({why}); re-download it or save the model again")
+
+
+def _read_header(path: Path) -> list[TensorInfo]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise _corrupt(path, "shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, _HEADER_LIMIT):
+            raise _corrupt(path, f"header length {n} exceeds the file")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _corrupt(path, f"header is not JSON: {e}") from None
+    infos, data_start, end_max = [], 8 + n, 0
+    for key, meta in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = DTYPES[meta["dtype"]]
+            shape = tuple(int(s) for s in meta["shape"])
+            begin, end = (int(x) for x in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"bad entry for {key}") from None
+        info = TensorInfo(key, path, data_start + begin, dtype, shape)
+        if end - begin != info.nbytes or data_start + end > size:
+            raise _corrupt(path, f"tensor {key} lies past the end of the file or has the wrong size")
+        end_max = max(end_max, end)
+        infos.append(info)
+    if data_start + end_max != size:
+        raise _corrupt(path, "file length does not match its header")
+    return infos
+
+
+def load_config(model_dir: str | Path):
+    """The transformers config of a checkpoint directory, with a clear error when it is missing."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(
+            f"{model_dir} is not a directory; pass the folder that holds config.json and the weights"
+        )
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir} has no config.json; pass a folder written by save_pretrained")
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except (ValueError, OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {model_dir / 'config.json'}: {e}") from None
+
+
+def list_tensors(model_dir: str | Path) -> dict[str, TensorInfo]:
+    """Every tensor of a safetensors checkpoint (single file or sharded with an index), headers checked."""
+    model_dir = Path(model_dir)
+    index = model_dir / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise _corrupt(index, f"bad index: {e}") from None
+        files = sorted(set(weight_map.values()))
+    elif (model_dir / SAFE_SINGLE).is_file():
+        weight_map, files = None, [SAFE_SINGLE]
+    else:
+        pickles = sorted(p.name for p in model_dir.glob("*.bin"))
+        hint = (
+            f" (found {', '.join(pickles)}: nemocompress never unpickles weights; convert them once with "
+            "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir2)`)"
+            if pickles
+            else ""
+        )
+        raise CheckpointError(f"{model_dir} holds no {SAFE_SINGLE} or {SAFE_INDEX}{hint}")
+    out: dict[str, TensorInfo] = {}
+    for name in files:
+        path = model_dir / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is listed in {SAFE_INDEX} but missing; re-download the checkpoint")
+        for info in _read_header(path):
+            out[info.key] = info
+    if weight_map is not None and set(weight_map) != set(out):
+        raise _corrupt(index, "index and shard headers list different tensors")
+    return out
+
+
+def read_rows(
+    info: TensorInfo, rows: torch.Tensor | None = None, start: int = 0, stop: int | None = None
+) -> torch.Tensor:
+    """Read rows of dim 0 with plain file reads: ``rows`` (sorted indices) or the range ``start:stop``.
+
+    Contiguous runs of rows are read in one call each; nothing else of the file is touched.
+    """
+    shape = info.shape if info.shape else (1,)
+    row_bytes = info.nbytes // shape[0] if shape[0] else 0
+    if rows is None:
+        rows = torch.arange(start, shape[0] if stop is None else stop)
+    out = torch.empty((len(rows), *shape[1:]), dtype=info.dtype)
+    buf = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
+    with open(info.file, "rb", buffering=0) as f:
+        pos = 0
+        for run_start, run_len in _runs(rows):
+            f.seek(info.offset + run_start * row_bytes)
+            n = run_len * row_bytes
+            if f.readinto(buf[pos : pos + n]) != n:
+                raise _corrupt(info.file, f"short read in {info.key}")
+            pos += n
+    return out if info.shape else out.reshape(())
+
+
+def read_tensor(info: TensorInfo) -> torch.Tensor:
+    return read_rows(info)
+
+
+def _runs(rows: torch.Tensor) -> Iterator[tuple[int, int]]:
+    if len(rows) == 0:
+        return
+    values = rows.tolist()
+    start = prev = values[0]
+    for v in values[1:]:
+        if v != prev + 1:
+            yield start, prev - start + 1
+            start = v
+        prev = v
+    yield start, prev - start + 1
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, in the order of ``layout``.
+
+    The header is written first from ``layout`` (key -> (dtype, shape)); each tensor's bytes are then
+    appended, possibly in several chunks along dim 0, so no more than a chunk is held in memory.
+    """
+
+    def __init__(self, path: str | Path, layout: dict[str, tuple[torch.dtype, tuple[int, ...]]]):
+        self.path = Path(path)
+        header, offset = {}, 0
+        for key, (dtype, shape) in layout.items():
+            n = _numel(shape) * _itemsize(dtype)
+            header[key] = {
+                "dtype": DTYPE_NAMES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + n],
+            }
+            offset += n
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._expected = {
+            k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"
+        }
+        self._order = list(layout)
+        self._file = open(self.path, "wb")
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._written = 0
+        self._current = 0
+
+    def write(self, tensor: torch.Tensor) -> None:
+        """Append the next bytes of the current tensor (a whole tensor or its next dim-0 chunk)."""
+        key = self._order[self._current]
+        data = tensor.contiguous().view(-1).view(torch.uint8).numpy() if tensor.numel() else b""
+        self._file.write(data)
+        self._written += len(data)
+        if self._written > self._expected[key]:
+            raise RuntimeError(f"wrote more bytes than declared for {key}")
+        if self._written == self._expected[key]:
+            self._current += 1
+            self._written = 0
+            while self._current < len(self._order) and self._expected[self._order[self._current]] == 0:
+                self._current += 1
+
+    def close(self) -> None:
+        done = self._current >= len(self._order)
+        self._file.close()
+        if not done:
+            raise RuntimeError(f"{self.path}: tensor {self._order[self._current]} was not fully written")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` only when the block succeeds.
+
+    Refuses to write over an input, or over an existing ``target`` unless ``overwrite``. On failure the
+    temporary directory is removed and ``target`` is untouched.
+    """
+    target = Path(target).resolve()
+    for src in inputs:
+        src = Path(src).resolve()
+        if target == src or src.is_relative_to(target):
+            raise OutputError(
+                f"output {target} is (or contains) the input {src}: choose another output directory"
+            )
+    if target.exists() and not overwrite:
+        raise OutputError(
+            f"{target} already exists: pass --overwrite (overwrite=True) or choose another directory"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+def copy_side_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy tokenizer, generation config and other small files; never weights, index or config.json."""
+    copied = []
+    for p in sorted(Path(src).iterdir()):
+        if not p.is_file() or p.name in ("config.json", SAFE_INDEX) or p.name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        if p.name.endswith(".index.json") or p.name.startswith("."):
+            continue
+        shutil.copy2(p, Path(dst) / p.name)
+        copied.append(p.name)
+    return copied

@@ -1,0 +1,231 @@
+"""Text data: load documents from files, split off a held-out set, pack tokens into fixed-length samples.
+
+texts = load_texts(fetch_text("shakespeare"))
+train_texts, heldout_texts = split_texts(texts, heldout_fraction=0.1)
+input_ids = pack_tokens(tokenizer, train_texts, seq_len=512, num_samples=256)  # [256, 512]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nemocompress.errors import NemocompressError
+
+__all__ = ["DataError", "TEXT_SUFFIXES", "load_texts", "pack_tokens", "split_texts"]
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
+JSONL_SUFFIX = ".jsonl"
+
+
+class DataError(NemocompressError, ValueError):
+    """Input data is missing, empty, unreadable or malformed; the message names the fix."""
+
+
+def load_texts(path: str | os.PathLike, tokenizer: Any = None, text_field: str = "text") -> list[str]:
+    """Load documents from ``path``; one string per document, empty documents dropped.
+
+    ``path`` may be:
+
+    - a text file (``.txt``, ``.md``, ``.rst``, ``.py``): one document;
+    - a ``.jsonl`` file: one document per line, taken from the ``text_field`` string field, or from a
+      chat ``messages`` list (``[{"role": ..., "content": ...}, ...]``) rendered with
+      ``tokenizer.apply_chat_template`` (so chat records need a ``tokenizer`` with a chat template);
+    - a folder: every text and ``.jsonl`` file below it, recursively, in sorted path order,
+      skipping hidden files and folders.
+
+    Files must be UTF-8. Raises ``DataError`` for a missing path, an unsupported file type, unreadable
+    or non-UTF-8 files, malformed JSON lines, records without the field, and when no text is found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist: pass a .txt or .jsonl file or a folder of text files")
+    if path.is_dir():
+        files = _data_files(path)
+        if not files:
+            raise DataError(
+                f"{path} holds no text files ({', '.join(TEXT_SUFFIXES + (JSONL_SUFFIX,))}): "
+                "point at a folder or file that holds the text"
+            )
+    else:
+        if path.suffix not in TEXT_SUFFIXES + (JSONL_SUFFIX,):
+            raise DataError(
+                f"{path} has an unsupported type {path.suffix or '(no suffix)'!r}: use a text file "
+                f"({', '.join(TEXT_SUFFIXES)}), a .jsonl file with a {text_field!r} or 'messages' field, "
+                "or a folder of them"
+            )
+        files = [path]
+    texts = [text for f in files for text in _load_file(f, tokenizer, text_field) if text.strip()]
+    if not texts:
+        raise DataError(f"{path} holds no text (every document is empty): add text or point elsewhere")
+    return texts
+
+
+def split_texts(
+    texts: Sequence[str], heldout_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split documents into ``(train, heldout)``, deterministically for a given ``seed``.
+
+    With two or more documents, a seeded random ``heldout_fraction`` of them (at least one, leaving at
+    least one for training) is held out whole; both lists keep the input order. A single document is
+    cut at the line boundary nearest to ``1 - heldout_fraction`` of its length: the head is the train
+    part, the tail the held-out part.
+    """
+    if not 0.0 < heldout_fraction < 1.0:
+        raise DataError(f"heldout_fraction must lie strictly between 0 and 1, got {heldout_fraction}")
+    texts = _as_text_list(texts)
+    if len(texts) == 1:
+        return _split_document(texts[0], heldout_fraction)
+    num_heldout = min(len(texts) - 1, max(1, round(len(texts) * heldout_fraction)))
+    heldout_ids = set(random.Random(seed).sample(range(len(texts)), num_heldout))
+    train = [t for i, t in enumerate(texts) if i not in heldout_ids]
+    heldout = [t for i, t in enumerate(texts) if i in heldout_ids]
+    return train, heldout
+
+
+def pack_tokens(
+    tokenizer: Any,
+    texts: Sequence[str],
+    seq_len: int,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> torch.LongTensor:
+    """Tokenize ``texts`` and pack them into fixed-length samples: a ``LongTensor [N, seq_len]``.
+
+    Each document is tokenized without special tokens and followed by ``tokenizer.eos_token_id``; the
+    concatenated stream is cut into ``N = len(stream) // seq_len`` consecutive samples (the tail is
+    dropped), which are shuffled with ``seed``. ``num_samples`` keeps the first ``num_samples`` of the
+    shuffled samples, so a smaller request is a prefix of a larger one with the same seed.
+
+    Raises ``DataError`` if the tokenizer has no eos token, if the text is too short for one sample,
+    or if fewer than ``num_samples`` samples fit.
+    """
+    if seq_len < 1:
+        raise DataError(f"seq_len must be positive, got {seq_len}")
+    if num_samples is not None and num_samples < 1:
+        raise DataError(f"num_samples must be positive or None, got {num_samples}")
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_id is None:
+        raise DataError("the tokenizer has no eos token to separate documents: set tokenizer.eos_token")
+    texts = _as_text_list(texts)
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
+    stream = torch.tensor(list(chain.from_iterable(ids + [eos_id] for ids in encoded["input_ids"])))
+    available = len(stream) // seq_len
+    if available == 0:
+        raise DataError(
+            f"the texts give {len(stream)} tokens, fewer than one sample of seq_len={seq_len}: "
+            "add text or lower seq_len"
+        )
+    if num_samples is not None and num_samples > available:
+        raise DataError(
+            f"asked for {num_samples} samples of {seq_len} tokens but the texts give only {available}: "
+            "add text, lower num_samples or lower seq_len"
+        )
+    samples = stream[: available * seq_len].view(available, seq_len)
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))
+    return samples[order[:num_samples]].long().contiguous()
+
+
+def _as_text_list(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise DataError("no texts given: load some with load_texts(path)")
+    if not all(isinstance(t, str) for t in texts):
+        raise DataError("texts must be strings: load them with load_texts(path)")
+    return texts
+
+
+def _split_document(text: str, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    target = int(len(text) * (1.0 - heldout_fraction))
+    before = text.rfind("\n", 0, target) + 1  # start of the line holding ``target``
+    after = text.find("\n", target) + 1  # start of the next line; 0 if none
+    candidates = [c for c in (before, after) if 0 < c < len(text)]
+    cut = min(candidates, key=lambda c: abs(c - target)) if candidates else target
+    train, heldout = text[:cut], text[cut:]
+    if not train.strip() or not heldout.strip():
+        raise DataError(
+            f"one document of {len(text)} characters is too short to split with "
+            f"heldout_fraction={heldout_fraction}: add text or pass several documents"
+        )
+    return [train], [heldout]
+
+
+def _data_files(folder: Path) -> list[Path]:
+    suffixes = TEXT_SUFFIXES + (JSONL_SUFFIX,)
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file()
+        and f.suffix in suffixes
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+
+
+def _load_file(path: Path, tokenizer: Any, text_field: str) -> list[str]:
+    text = _read_utf8(path)
+    if path.suffix != JSONL_SUFFIX:
+        return [text]
+    return [
+        _record_text(line, f"{path}:{lineno}", tokenizer, text_field)
+        for lineno, line in enumerate(text.split("\n"), start=1)
+        if line.strip()
+    ]
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 ({e.reason} at byte {e.start}): convert it (iconv -t utf-8) or remove it"
+        ) from e
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}: check that it is a readable file") from e
+
+
+def _record_text(line: str, where: str, tokenizer: Any, text_field: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from e
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{where} is a JSON {type(record).__name__}, not an object: write one object per line"
+        )
+    if text_field in record:
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{where}: field {text_field!r} is a {type(text).__name__}, expected a string")
+        return text
+    if "messages" in record:
+        return _render_messages(record["messages"], where, tokenizer)
+    raise DataError(
+        f"{where} has neither a {text_field!r} nor a 'messages' field (it has {sorted(record)}): "
+        "pass text_field= naming the field that holds the text"
+    )
+
+
+def _render_messages(messages: Any, where: str, tokenizer: Any) -> str:
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in messages
+    ):
+        raise DataError(f"{where}: 'messages' must be a list of {{'role': ..., 'content': ...}} objects")
+    if tokenizer is None:
+        raise DataError(
+            f"{where} holds chat 'messages', which need a chat template: pass tokenizer= to load_texts"
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"{where} holds chat 'messages' but the tokenizer has no chat_template: "
+            "use an instruct model's tokenizer or set tokenizer.chat_template"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False)

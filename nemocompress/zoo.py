@@ -1,0 +1,79 @@
+"""Named tiny configs, one or more per adapter, for tests and CI regression over fixed model sizes."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+__all__ = ["ZOO", "zoo_config", "zoo_model"]
+
+_ATTN = dict(num_attention_heads=4, num_key_value_heads=2)
+
+ZOO: dict[str, tuple[str, dict]] = {
+    "nemotron_h-hybrid": (
+        "nemotron_h",
+        dict(
+            vocab_size=128, hidden_size=64, head_dim=16, intermediate_size=96,
+            layers_block_type=["mamba", "attention", "mlp", "mamba", "moe", "mlp"],
+            mamba_num_heads=8, mamba_head_dim=8, n_groups=2, ssm_state_size=16, chunk_size=16,
+            n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            moe_shared_expert_intermediate_size=48, n_shared_experts=1, tie_word_embeddings=False, **_ATTN,
+        ),
+    ),
+    "nemotron_h-latent-moe": (
+        "nemotron_h",
+        dict(
+            vocab_size=128, hidden_size=64, head_dim=16, intermediate_size=96,
+            layers_block_type=["mamba", "moe", "attention", "moe"],
+            mamba_num_heads=4, mamba_head_dim=16, n_groups=2, ssm_state_size=8, chunk_size=16,
+            n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, moe_latent_size=24,
+            moe_shared_expert_intermediate_size=32, n_shared_experts=1, tie_word_embeddings=True, **_ATTN,
+        ),
+    ),
+    "mamba2": (
+        "mamba2",
+        dict(
+            vocab_size=128, hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16, n_groups=2,
+            state_size=16, expand=2, chunk_size=16, tie_word_embeddings=False,
+        ),
+    ),
+    "llama": ("llama", dict(vocab_size=128, hidden_size=64, num_hidden_layers=3, intermediate_size=96, tie_word_embeddings=True, **_ATTN)),
+    "mistral": ("mistral", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, intermediate_size=96, head_dim=16, **_ATTN)),
+    "qwen2": ("qwen2", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, intermediate_size=96, **_ATTN)),
+    "qwen3": ("qwen3", dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, intermediate_size=96, head_dim=16, **_ATTN)),
+    "qwen3_moe": (
+        "qwen3_moe",
+        dict(
+            vocab_size=128, hidden_size=64, num_hidden_layers=3, intermediate_size=96, head_dim=16,
+            moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1], **_ATTN,
+        ),
+    ),
+    "mixtral": (
+        "mixtral",
+        dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, **_ATTN),
+    ),
+}  # fmt: skip
+
+
+def zoo_config(name: str) -> PretrainedConfig:
+    """The config of a named tiny model; see :data:`ZOO`."""
+    model_type, kwargs = ZOO[name]
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def zoo_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny model with seeded random weights (float32, eval mode).
+
+    Norm weights and the few parameters that initialize to constants are perturbed so that every tensor
+    carries information (a slicing bug cannot hide behind a weight of all ones).
+    """
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(zoo_config(name), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if p.ndim == 1 or "gate" in name_ or "experts" in name_:
+                p.add_(torch.randn_like(p) * 0.1)
+        for name_, b in model.named_buffers():
+            if name_.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn_like(b) * 0.01)
+    return model
