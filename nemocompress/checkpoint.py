@@ -29,6 +29,8 @@ __all__ = [
     "read_rows",
     "SafetensorsWriter",
     "atomic_output_dir",
+    "check_output_dir",
+    "check_output_dir",
     "copy_side_files",
     "SAFE_INDEX",
     "SAFE_SINGLE",
@@ -267,24 +269,26 @@ class SafetensorsWriter:
             self._file.close()
 
 
-@contextlib.contextmanager
-def atomic_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; rename it to ``target`` only when the block succeeds.
-
-    Refuses to write over an input, or over an existing ``target`` unless ``overwrite``. On failure the
-    temporary directory is removed and ``target`` is untouched.
-    """
+def check_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """Refuse an output that is (or contains) an input, or that exists without ``overwrite``."""
     target = Path(target).resolve()
     for src in inputs:
         src = Path(src).resolve()
         if target == src or src.is_relative_to(target):
-            raise OutputError(
-                f"output {target} is (or contains) the input {src}: choose another output directory"
-            )
+            raise OutputError(f"output {target} is (or contains) the input {src}: choose another output directory")
     if target.exists() and not overwrite:
-        raise OutputError(
-            f"{target} already exists: pass --overwrite (overwrite=True) or choose another directory"
-        )
+        raise OutputError(f"{target} already exists: pass --overwrite (overwrite=True) or choose another directory")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` only when the block succeeds.
+
+    Refuses what :func:`check_output_dir` refuses. On failure the temporary directory is removed and
+    ``target`` is untouched.
+    """
+    target = check_output_dir(target, overwrite, inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

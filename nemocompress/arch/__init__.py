@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from .base import AXIS_KINDS, Adapter, Axis, DiskKey, MaskSite, Segment, TensorSpec, dim_indices, select
+from .base import (
+    AXIS_KINDS,
+    Adapter,
+    Axis,
+    DiskKey,
+    MaskSite,
+    Segment,
+    TensorSpec,
+    dim_indices,
+    disk_dims,
+    select,
+)
 from .llama import LlamaAdapter, MixtralAdapter, Qwen2Adapter, Qwen3Adapter, Qwen3MoeAdapter
 from .mamba2 import Mamba2Adapter
 from .nemotron_h import NemotronHAdapter
@@ -17,6 +28,7 @@ __all__ = [
     "Segment",
     "TensorSpec",
     "dim_indices",
+    "disk_dims",
     "select",
     "get_adapter",
     "supported_model_types",

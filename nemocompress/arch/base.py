@@ -28,6 +28,7 @@ __all__ = [
     "DiskKey",
     "Adapter",
     "dim_indices",
+    "disk_dims",
     "select",
 ]
 
@@ -119,6 +120,7 @@ class TensorSpec:
     layer: int | None = None
     tied_to: str | None = None  # a tied weight: same storage as ``tied_to``, counted once
     buffer: bool = False  # a persistent buffer: saved and sliced, not counted as a parameter
+    routed: bool = False  # routed-expert weights: only top-k of E are active per token
 
     def axes(self) -> set[str]:
         return {a for segs in self.dims.values() for s in segs for a in s.axes()}
@@ -176,6 +178,20 @@ class DiskKey:
     part_dim: int = 0
 
 
+def disk_dims(spec: TensorSpec, key: DiskKey) -> Mapping[int, tuple[Segment, ...]]:
+    """How axes cut a checkpoint tensor that holds one expert (and maybe one part) of ``spec``."""
+    if key.expert is None:
+        return spec.dims
+    dims = {}
+    for dim, segs in spec.dims.items():
+        if dim == 0:
+            continue
+        if key.part is not None and dim == key.part_dim:
+            segs = (segs[key.part],)
+        dims[dim - 1] = segs
+    return dims
+
+
 @dataclass(frozen=True)
 class _DiskPattern:
     disk: re.Pattern
@@ -223,8 +239,12 @@ class Adapter:
         """Layers that keep a KV cache (attention)."""
         raise NotImplementedError
 
-    def mamba_state_numel(self, config) -> int:
-        """Per-sequence numel of the conv plus SSM state of one Mamba layer (0 for families without Mamba)."""
+    def kv_width(self, config) -> int:
+        """Key (= value) channels per token of one attention layer: KV heads x head dim."""
+        return 0
+
+    def mamba_state_bytes(self, config, dtype: torch.dtype) -> int:
+        """Per-sequence bytes of the conv and SSM state of one Mamba layer (0 for families without Mamba)."""
         return 0
 
     def experts_per_token(self, config) -> int:
@@ -234,6 +254,11 @@ class Adapter:
     def moe_active_fraction(self, config) -> float:
         """Fraction of routed-expert parameters used per token."""
         return 1.0
+
+    def check_layers(self, config, kept_layers: Sequence[int]) -> None:
+        """Refuse a set of kept layers that the family cannot run with."""
+        if not kept_layers:
+            raise PlanError("a plan must keep at least one layer")
 
     def check_sizes(self, config, sizes: Mapping[str, int]) -> None:
         """Refuse new sizes (axis kind -> count) that the family cannot run with."""

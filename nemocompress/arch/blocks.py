@@ -6,6 +6,8 @@ list. Axis names are ``layers.{i}.{kind}`` except the global ``hidden`` and ``la
 
 from __future__ import annotations
 
+import torch
+
 from .base import MaskSite, Segment, TensorSpec
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "gated_mlp",
     "plain_mlp",
     "mamba2_mixer",
+    "mamba2_state_bytes",
     "fused_experts",
     "router",
 ]
@@ -103,6 +106,20 @@ def plain_mlp(
     return specs, [MaskSite(f"{prefix}.down_proj", "input_columns", cols)]
 
 
+def mamba2_state_bytes(
+    heads: int,
+    head_dim: int,
+    groups: int,
+    state: int,
+    conv_kernel: int,
+    conv_dtype: torch.dtype,
+    ssm_dtype: torch.dtype,
+) -> int:
+    """Bytes of one sequence's Mamba-2 cache: conv window over [x | B | C] plus the [H, P, N] SSM state."""
+    conv = (heads * head_dim + 2 * groups * state) * conv_kernel * conv_dtype.itemsize
+    return conv + heads * head_dim * state * ssm_dtype.itemsize
+
+
 def mamba2_mixer(
     prefix: str,
     layer: int,
@@ -163,8 +180,12 @@ def fused_experts(
     up, down = names
     rows = width * (2 if gated else 1)
     specs = [
-        TensorSpec(f"{prefix}.{up}", (num_experts, rows, d_in), {0: experts, 1: up_rows, 2: d}, layer),
-        TensorSpec(f"{prefix}.{down}", (num_experts, d_in, width), {0: experts, 1: d, 2: (ffn,)}, layer),
+        TensorSpec(
+            f"{prefix}.{up}", (num_experts, rows, d_in), {0: experts, 1: up_rows, 2: d}, layer, routed=True
+        ),
+        TensorSpec(
+            f"{prefix}.{down}", (num_experts, d_in, width), {0: experts, 1: d, 2: (ffn,)}, layer, routed=True
+        ),
     ]
     return specs, [MaskSite(prefix, "input_columns", (ffn,), param=down)]
 

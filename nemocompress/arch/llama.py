@@ -48,6 +48,9 @@ class LlamaAdapter(Adapter):
     def kv_cache_layers(self, config) -> list[int]:
         return list(range(config.num_hidden_layers))
 
+    def kv_width(self, config) -> int:
+        return config.num_key_value_heads * self.head_dim(config)
+
     def axes(self, config) -> list[Axis]:
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", config.num_hidden_layers)]
         for i in range(config.num_hidden_layers):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import PlanError
 from .base import Adapter, Axis, TensorSpec
-from .blocks import DEPTH, HIDDEN, axis_name, hidden_dim, mamba2_mixer, norm
+from .blocks import DEPTH, HIDDEN, axis_name, hidden_dim, mamba2_mixer, mamba2_state_bytes, norm
 
 __all__ = ["Mamba2Adapter"]
 
@@ -25,10 +25,11 @@ class Mamba2Adapter(Adapter):
     def kv_cache_layers(self, config) -> list[int]:
         return []
 
-    def mamba_state_numel(self, config) -> int:
-        inner = config.num_heads * config.head_dim
-        conv = (inner + 2 * config.n_groups * config.state_size) * config.conv_kernel
-        return conv + config.num_heads * config.head_dim * config.state_size
+    def mamba_state_bytes(self, config, dtype) -> int:
+        c = config
+        return mamba2_state_bytes(
+            c.num_heads, c.head_dim, c.n_groups, c.state_size, c.conv_kernel, dtype, dtype
+        )
 
     def axes(self, config) -> list[Axis]:
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", config.num_hidden_layers)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+
+from ..errors import PlanError
 from .base import Adapter, Axis, TensorSpec
 from .blocks import (
     DEPTH,
@@ -11,6 +14,7 @@ from .blocks import (
     fused_experts,
     hidden_dim,
     mamba2_mixer,
+    mamba2_state_bytes,
     norm,
     plain_mlp,
     router,
@@ -59,16 +63,30 @@ class NemotronHAdapter(Adapter):
     def kv_cache_layers(self, config) -> list[int]:
         return [i for i, t in enumerate(config.layers_block_type) if t == ATTENTION]
 
-    def mamba_state_numel(self, config) -> int:
-        inner = config.mamba_num_heads * config.mamba_head_dim
-        conv = (inner + 2 * config.n_groups * config.ssm_state_size) * config.conv_kernel
-        return conv + config.mamba_num_heads * config.mamba_head_dim * config.ssm_state_size
+    def kv_width(self, config) -> int:
+        return config.num_key_value_heads * config.head_dim
+
+    def mamba_state_bytes(self, config, dtype) -> int:
+        ssm_dtype = getattr(torch, str(config.mamba_ssm_cache_dtype).replace("torch.", ""))
+        return mamba2_state_bytes(
+            config.mamba_num_heads, config.mamba_head_dim, config.n_groups, config.ssm_state_size,
+            config.conv_kernel, dtype, ssm_dtype,
+        )  # fmt: skip
 
     def experts_per_token(self, config) -> int:
         return config.num_experts_per_tok if MOE in config.layers_block_type else 0
 
     def moe_active_fraction(self, config) -> float:
         return config.num_experts_per_tok / config.n_routed_experts
+
+    def check_layers(self, config, kept_layers) -> None:
+        super().check_layers(config, kept_layers)
+        had_attention = ATTENTION in config.layers_block_type
+        if had_attention and all(config.layers_block_type[i] != ATTENTION for i in kept_layers):
+            raise PlanError(
+                "the plan removes every attention layer; transformers' NemotronH cache then fails to generate. "
+                "Keep at least one attention layer (lower its importance threshold or prune another layer)"
+            )
 
     def axes(self, config) -> list[Axis]:
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", self.num_layers(config))]

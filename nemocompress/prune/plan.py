@@ -134,6 +134,7 @@ def make_plan(config, kept: Mapping[str, Sequence[int]], adapter: Adapter | None
         )
     uniform = {k: v.pop() for k, v in sizes.items()}
     changed = {k: n for k, n in uniform.items() if any(a.kind == k and a.size != n for a in axes.values())}
+    adapter.check_layers(config, layers)
     adapter.check_sizes(config, changed)
     updates = adapter.sized_config(config, changed, layers)
     return Plan(config.model_type, clean, updates, _axis_sizes(axes.values()))

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from ..arch import Adapter, DiskKey, Segment, TensorSpec, dim_indices, get_adapter, select
+from ..arch import Adapter, Segment, dim_indices, disk_dims, get_adapter, select
 from ..checkpoint import (
     SAFE_INDEX,
     SafetensorsWriter,
@@ -29,7 +29,7 @@ from ..checkpoint import (
 from ..errors import CheckpointError
 from .plan import Plan
 
-__all__ = ["slice_model", "slice_checkpoint", "PLAN_FILE", "disk_dims"]
+__all__ = ["slice_model", "slice_checkpoint", "PLAN_FILE"]
 
 PLAN_FILE = "nemocompress_plan.json"
 _CHUNK_BYTES = 64 * 2**20
@@ -64,20 +64,6 @@ def slice_model(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
     new_model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
     new_model.load_state_dict(state, strict=True)
     return new_model.eval()
-
-
-def disk_dims(spec: TensorSpec, key: DiskKey) -> Mapping[int, tuple[Segment, ...]]:
-    """How axes cut a checkpoint tensor that holds one expert (and maybe one part) of ``spec``."""
-    if key.expert is None:
-        return spec.dims
-    dims = {}
-    for dim, segs in spec.dims.items():
-        if dim == 0:
-            continue
-        if key.part is not None and dim == key.part_dim:
-            segs = (segs[key.part],)
-        dims[dim - 1] = segs
-    return dims
 
 
 @dataclass(frozen=True)

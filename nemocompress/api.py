@@ -1,0 +1,154 @@
+"""The functions behind every CLI command, usable from Python (a notebook) as they are.
+
+This module wires the floors together: it computes scores with importance/, turns them into a plan with
+prune/, and applies the plan; the floors themselves do not call each other upward.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arch import Axis, get_adapter
+from .checkpoint import check_output_dir, list_tensors, load_config
+from .errors import PlanError
+from .importance.weights import checkpoint_magnitude_scores, random_scores
+from .prune.cost import Cost, model_cost
+from .prune.minitron import plan_from_targets
+from .prune.plan import Plan
+from .prune.slice import slice_checkpoint
+from .report import format_table, human
+
+__all__ = ["ModelInfo", "PruneResult", "info", "prune", "parse_export_config", "IMPORTANCE_CHOICES"]
+
+IMPORTANCE_CHOICES = ("magnitude", "random")
+
+
+@dataclass
+class ModelInfo:
+    """A model's prunable axes and its cost."""
+
+    model_type: str
+    axes: list[Axis]
+    layer_kinds: list[str]
+    cost: Cost
+    dtype: str
+
+    def axis_rows(self) -> list[list]:
+        """One row per axis kind: instances, size per instance, groups."""
+        rows: dict[str, list] = {}
+        for a in self.axes:
+            row = rows.setdefault(a.kind, [a.kind, 0, set(), a.groups])
+            row[1] += 1
+            row[2].add(a.size)
+        return [[k, n, "/".join(map(str, sorted(s))), g] for k, n, s, g in rows.values()]
+
+    def table(self) -> str:
+        axes = format_table(self.axis_rows(), ["axis", "instances", "size", "groups"])
+        c = self.cost
+        kinds = {k: self.layer_kinds.count(k) for k in dict.fromkeys(self.layer_kinds)}
+        totals = format_table(
+            [
+                ["params", human(c.params)],
+                ["active params", human(c.active_params)],
+                [f"weights ({self.dtype})", human(c.weight_bytes, "B")],
+                [f"KV cache ({c.batch_size} x {c.context_length} tokens)", human(c.kv_cache_bytes, "B")],
+                ["Mamba state", human(c.mamba_state_bytes, "B")],
+                ["memory", human(c.memory_bytes, "B")],
+            ],
+            ["cost", "value"],
+        )
+        layers = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        return f"{self.model_type}: {len(self.layer_kinds)} layers ({layers})\n\n{axes}\n\n{totals}"
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        dtype = getattr(torch, name)
+        assert isinstance(dtype, torch.dtype)
+        return dtype
+    except (AttributeError, AssertionError):
+        raise PlanError(f"unknown dtype {name!r}; use e.g. bfloat16, float16, float32") from None
+
+
+def info(model_dir: str | Path, context_length: int = 4096, batch_size: int = 1, dtype: str = "bfloat16") -> ModelInfo:
+    """Describe a checkpoint (config only; weights are not read)."""
+    config = load_config(model_dir)
+    adapter = get_adapter(config)
+    cost = model_cost(config, context_length, batch_size, _dtype(dtype))
+    return ModelInfo(config.model_type, adapter.axes(config), adapter.layer_kinds(config), cost, dtype)
+
+
+def parse_export_config(value: str | dict) -> dict[str, int]:
+    """A JSON object string, a path to a JSON file, or a dict -> {export key: size}."""
+    if isinstance(value, dict):
+        return dict(value)
+    text = Path(value).read_text() if Path(value).suffix == ".json" and Path(value).is_file() else value
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PlanError(f"--export-config is not valid JSON ({e}); example: '{{\"hidden_size\": 96}}'") from None
+    if not isinstance(parsed, dict) or not parsed:
+        raise PlanError("--export-config must be a non-empty JSON object such as '{\"hidden_size\": 96}'")
+    return parsed
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    before: Cost
+    after: Cost
+    output_dir: Path
+
+    def table(self) -> str:
+        b, a = self.before, self.after
+        rows = [
+            [name, human(x), human(y), f"{y / x:.3f}x" if x else "-"]
+            for name, x, y in (("params", b.params, a.params), ("active params", b.active_params, a.active_params))
+        ]
+        rows.append(["memory", human(b.memory_bytes, "B"), human(a.memory_bytes, "B"), f"{a.memory_bytes / b.memory_bytes:.3f}x"])
+        return format_table(rows, ["", "before", "after", "ratio"])
+
+
+def prune(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    export_config: str | dict,
+    importance: str = "magnitude",
+    seed: int = 0,
+    overwrite: bool = False,
+    context_length: int = 4096,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> PruneResult:
+    """Minitron one-shot prune of a checkpoint on disk to explicit sizes, streaming tensor by tensor.
+
+    Args:
+        export_config: ModelOpt names -> sizes, e.g. ``{"hidden_size": 96, "mamba_num_heads": 6}``.
+        importance: ``magnitude`` (L2 norm of each unit's weights) or ``random`` (seeded).
+    Returns:
+        The plan, the cost before and after, and where the checkpoint was written.
+    """
+    targets = parse_export_config(export_config)
+    if importance not in IMPORTANCE_CHOICES:
+        raise PlanError(f"unknown importance {importance!r}; choose one of {', '.join(IMPORTANCE_CHOICES)}")
+    config = load_config(model_dir)
+    adapter = get_adapter(config)
+    check_output_dir(output_dir, overwrite, inputs=(model_dir,))
+    list_tensors(model_dir)  # refuse a corrupt checkpoint before any work
+    axes = adapter.axes(config)
+    plan_from_targets(config, targets, random_scores([(a.name, a.size) for a in axes]))  # validate targets early
+    if importance == "magnitude":
+        scores = checkpoint_magnitude_scores(model_dir, progress=progress)
+    else:
+        scores = random_scores([(a.name, a.size) for a in axes], seed)
+    plan = plan_from_targets(config, targets, scores)
+    slice_checkpoint(model_dir, plan, output_dir, overwrite=overwrite, progress=progress)
+    dtype = getattr(config, "dtype", None) or torch.bfloat16
+    dtype = dtype if isinstance(dtype, torch.dtype) else _dtype(str(dtype))
+    before = model_cost(config, context_length, batch_size, dtype)
+    after = model_cost(plan.apply_config(config), context_length, batch_size, dtype)
+    return PruneResult(plan, before, after, Path(output_dir))

@@ -1,0 +1,66 @@
+"""The adapters' description matches the real transformers models, parameter by parameter."""
+
+import pytest
+import torch
+from helpers import ZOO_NAMES
+
+from nemocompress.arch import get_adapter, supported_model_types
+from nemocompress.errors import UnsupportedModelError
+from nemocompress.prune.cost import model_cost
+from nemocompress.zoo import zoo_model
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_description_matches_state_dict(name):
+    model = zoo_model(name)
+    specs = {s.name: s.shape for s in get_adapter(model.config).tensors(model.config)}
+    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert specs == actual
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_cost_params_equal_numel(name):
+    model = zoo_model(name)
+    cost = model_cost(model.config)
+    assert cost.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "qwen3_moe", "mixtral"])
+def test_active_params_count_top_k_experts(name):
+    model = zoo_model(name)
+    top_k = model.config.num_experts_per_tok
+    routed = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n and p.ndim == 3)
+    num_experts = next(p.shape[0] for n, p in model.named_parameters() if ".experts." in n and p.ndim == 3)
+    expected = sum(p.numel() for p in model.parameters()) - routed + routed * top_k // num_experts
+    assert model_cost(model.config).active_params == expected
+
+
+def _cache_bytes(cache) -> int:
+    """Bytes of every tensor a transformers cache holds (per-layer tensors, possibly in dicts)."""
+    seen, total = set(), 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            for t in value.values() if isinstance(value, dict) else [value]:
+                if torch.is_tensor(t) and t.ndim > 1 and t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+    return total
+
+
+@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "llama", "mamba2"])
+def test_cache_memory_equals_transformers_cache(name):
+    model = zoo_model(name)
+    batch, length = 2, 9
+    x = torch.randint(0, 128, (batch, length))
+    with torch.no_grad():
+        out = model(x, use_cache=True)
+    cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache_params
+    cost = model_cost(model.config, context_length=length, batch_size=batch, dtype=torch.float32)
+    assert cost.kv_cache_bytes + cost.mamba_state_bytes == _cache_bytes(cache)
+
+
+def test_unsupported_model_type_lists_supported():
+    with pytest.raises(UnsupportedModelError) as e:
+        get_adapter("gpt2")
+    for t in supported_model_types():
+        assert t in str(e.value)

@@ -1,0 +1,41 @@
+"""Test helpers: tiny zoo models, random plans that respect every axis' groups."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from nemocompress.arch import get_adapter
+from nemocompress.zoo import ZOO, zoo_model
+
+warnings.filterwarnings("ignore", message=".*falling back.*")
+
+ZOO_NAMES = sorted(ZOO)
+
+
+def random_kept(model, kinds=None, seed=0, drop_layer=None) -> dict[str, list[int]]:
+    """About half of every axis of the given kinds (all kinds by default), the same count in each group."""
+    adapter = get_adapter(model.config)
+    g = torch.Generator().manual_seed(seed)
+    kept = {}
+    for axis in adapter.axes(model.config):
+        if kinds is not None and axis.kind not in kinds:
+            continue
+        if axis.kind == "depth":
+            if drop_layer is not None:
+                kept[axis.name] = [i for i in range(axis.size) if i != drop_layer]
+            continue
+        floor = 2 if axis.kind == "experts" else 1
+        per_group = max(floor, axis.group_size // 2)
+        idx = []
+        for group in range(axis.groups):
+            pick = torch.randperm(axis.group_size, generator=g)[:per_group] + group * axis.group_size
+            idx += pick.tolist()
+        kept[axis.name] = sorted(idx)
+    return kept
+
+
+def axis_kinds(name: str) -> list[str]:
+    model = zoo_model(name)
+    return sorted({a.kind for a in get_adapter(model.config).axes(model.config)})
