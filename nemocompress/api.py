@@ -74,7 +74,9 @@ def _dtype(name: str) -> torch.dtype:
         raise PlanError(f"unknown dtype {name!r}; use e.g. bfloat16, float16, float32") from None
 
 
-def info(model_dir: str | Path, context_length: int = 4096, batch_size: int = 1, dtype: str = "bfloat16") -> ModelInfo:
+def info(
+    model_dir: str | Path, context_length: int = 4096, batch_size: int = 1, dtype: str = "bfloat16"
+) -> ModelInfo:
     """Describe a checkpoint (config only; weights are not read)."""
     config = load_config(model_dir)
     adapter = get_adapter(config)
@@ -90,7 +92,9 @@ def parse_export_config(value: str | dict) -> dict[str, int]:
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as e:
-        raise PlanError(f"--export-config is not valid JSON ({e}); example: '{{\"hidden_size\": 96}}'") from None
+        raise PlanError(
+            f"--export-config is not valid JSON ({e}); example: '{{\"hidden_size\": 96}}'"
+        ) from None
     if not isinstance(parsed, dict) or not parsed:
         raise PlanError("--export-config must be a non-empty JSON object such as '{\"hidden_size\": 96}'")
     return parsed
@@ -107,9 +111,19 @@ class PruneResult:
         b, a = self.before, self.after
         rows = [
             [name, human(x), human(y), f"{y / x:.3f}x" if x else "-"]
-            for name, x, y in (("params", b.params, a.params), ("active params", b.active_params, a.active_params))
+            for name, x, y in (
+                ("params", b.params, a.params),
+                ("active params", b.active_params, a.active_params),
+            )
         ]
-        rows.append(["memory", human(b.memory_bytes, "B"), human(a.memory_bytes, "B"), f"{a.memory_bytes / b.memory_bytes:.3f}x"])
+        rows.append(
+            [
+                "memory",
+                human(b.memory_bytes, "B"),
+                human(a.memory_bytes, "B"),
+                f"{a.memory_bytes / b.memory_bytes:.3f}x",
+            ]
+        )
         return format_table(rows, ["", "before", "after", "ratio"])
 
 
@@ -140,7 +154,9 @@ def prune(
     check_output_dir(output_dir, overwrite, inputs=(model_dir,))
     list_tensors(model_dir)  # refuse a corrupt checkpoint before any work
     axes = adapter.axes(config)
-    plan_from_targets(config, targets, random_scores([(a.name, a.size) for a in axes]))  # validate targets early
+    plan_from_targets(
+        config, targets, random_scores([(a.name, a.size) for a in axes])
+    )  # validate targets early
     if importance == "magnitude":
         scores = checkpoint_magnitude_scores(model_dir, progress=progress)
     else:
@@ -152,3 +168,72 @@ def prune(
     before = model_cost(config, context_length, batch_size, dtype)
     after = model_cost(plan.apply_config(config), context_length, batch_size, dtype)
     return PruneResult(plan, before, after, Path(output_dir))
+
+
+DEMO_EXPORT = {"hidden_size": 480, "ffn_hidden_size": 1024, "num_attention_heads": 6}
+DEMO_PROMPT = "The capital of France is"
+
+
+@dataclass
+class DemoResult:
+    prune: PruneResult
+    rows: list[list]
+
+    def table(self) -> str:
+        return format_table(self.rows, ["", "SmolLM2-135M", "pruned", "ratio"])
+
+
+def demo(
+    output_dir: str | Path | None = None,
+    export_config: str | dict | None = None,
+    importance: str = "magnitude",
+    samples: int = 16,
+    seq_len: int = 256,
+    progress: bool = True,
+) -> DemoResult:
+    """The main job on a real model: fetch SmolLM2-135M and Shakespeare, prune, compare before and after.
+
+    Held-out loss and bits per byte are measured on Shakespeare text that nothing here tunes on (the
+    held-out split of :func:`nemocompress.data.split_texts`); generation is greedy.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .assets import cache_root, fetch_smollm2, fetch_text
+    from .data import load_texts, pack_tokens, split_texts
+    from .evaluate import bits_per_byte_from_nats, generate_text, token_losses
+
+    parent = fetch_smollm2()
+    output_dir = Path(output_dir) if output_dir else cache_root() / "demo" / "smollm2-135m-pruned"
+    result = prune(
+        parent, output_dir, export_config or DEMO_EXPORT, importance, overwrite=True, progress=progress
+    )
+    tokenizer = AutoTokenizer.from_pretrained(parent)
+    _, heldout = split_texts(load_texts(fetch_text("shakespeare")), heldout_fraction=0.1, seed=0)
+    ids = pack_tokens(tokenizer, heldout, seq_len, num_samples=samples, seed=0)
+    num_bytes = sum(len(tokenizer.decode(row[1:]).encode()) for row in ids)
+    measured = []
+    for path in (parent, output_dir):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        nats = token_losses(model, ids, progress=progress)
+        measured.append(
+            (
+                nats.mean().item(),
+                bits_per_byte_from_nats(nats.sum().item(), num_bytes),
+                generate_text(model, tokenizer, DEMO_PROMPT, 12),
+            )
+        )
+    b, a = result.before, result.after
+    (lb, bb, gb), (la, ba, ga) = measured
+    rows = [
+        ["params", human(b.params), human(a.params), f"{a.params / b.params:.3f}x"],
+        [
+            "memory (bf16, 4k ctx)",
+            human(b.memory_bytes, "B"),
+            human(a.memory_bytes, "B"),
+            f"{a.memory_bytes / b.memory_bytes:.3f}x",
+        ],
+        ["held-out loss (nats/token)", f"{lb:.3f}", f"{la:.3f}", f"{la / lb:.3f}x"],
+        ["bits per byte", f"{bb:.3f}", f"{ba:.3f}", f"{ba / bb:.3f}x"],
+        [f"'{DEMO_PROMPT}' ->", repr(gb.strip()[:40]), repr(ga.strip()[:40]), ""],
+    ]
+    return DemoResult(result, rows)

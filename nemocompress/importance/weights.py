@@ -23,8 +23,10 @@ Scores = dict[str, torch.Tensor]
 class MagnitudeAccumulator:
     """Sums squared weights per unit over any number of tensors (or dim-0 chunks of tensors).
 
-    Unit score = sqrt(sum of its squared weights) over every tensor the axis cuts. A layer's depth score is
-    the RMS of all its weights (scale-free across layer types); higher means keep.
+    Unit score = sqrt(sum of its squared weights) over every weight matrix the axis cuts. One-dimensional
+    parameters (norm scales, biases, Mamba's A_log, D, dt_bias) are left out: their scale says nothing
+    about a unit's weight and would swamp it. A layer's depth score is the RMS of its weight matrices
+    (scale-free across layer types). Higher means keep.
     """
 
     def __init__(self, adapter: Adapter, config):
@@ -43,7 +45,10 @@ class MagnitudeAccumulator:
         """Add a tensor, or its rows ``row_offset : row_offset + len(chunk)`` of dim 0.
 
         ``expert``: (experts axis, index) when the tensor holds one expert of a fused parameter.
+        ``chunk.ndim`` is that of the whole tensor (1-D tensors are ignored, see the class docstring).
         """
+        if chunk.ndim < 2:
+            return
         sq = chunk.detach().to(torch.float64).pow(2)
         if layer is not None:
             self.sumsq["layers"][layer] += sq.sum()

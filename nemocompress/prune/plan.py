@@ -137,7 +137,13 @@ def make_plan(config, kept: Mapping[str, Sequence[int]], adapter: Adapter | None
     adapter.check_layers(config, layers)
     adapter.check_sizes(config, changed)
     updates = adapter.sized_config(config, changed, layers)
-    return Plan(config.model_type, clean, updates, _axis_sizes(axes.values()))
+    plan = Plan(config.model_type, clean, updates, _axis_sizes(axes.values()))
+    try:
+        plan.apply_config(config)
+    except Exception as e:  # transformers' config validators raise several error types
+        cause = e.__cause__ or e
+        raise PlanError(f"transformers refuses the pruned config: {cause}; choose other sizes") from None
+    return plan
 
 
 def keep_all_plan(config) -> Plan:
