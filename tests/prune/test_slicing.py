@@ -12,7 +12,9 @@ from nemocompress.prune.plan import keep_all_plan, make_plan
 from nemocompress.prune.slice import PLAN_FILE, slice_checkpoint, slice_model
 from nemocompress.zoo import zoo_model
 
-CASES = [(name, kind) for name in ZOO_NAMES for kind in axis_kinds(name)] + [(name, "all") for name in ZOO_NAMES]
+CASES = [(name, kind) for name in ZOO_NAMES for kind in axis_kinds(name)] + [
+    (name, "all") for name in ZOO_NAMES
+]
 
 
 def _logits(model, x):
