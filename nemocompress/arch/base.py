@@ -25,6 +25,7 @@ __all__ = [
     "Segment",
     "TensorSpec",
     "MaskSite",
+    "ScoreSite",
     "DiskKey",
     "Adapter",
     "dim_indices",
@@ -165,6 +166,36 @@ class MaskSite:
 
 
 @dataclass(frozen=True)
+class ScoreSite:
+    """An activation that scores axes: the last dim of ``module``'s output (or first input), from ``start``.
+
+    ``segments`` map those channels to axes as in :class:`TensorSpec`. ``choice`` = (group, variant) marks
+    alternatives of which one is used at a time (Mamba: x-branch, z-branch or out_proj input).
+    ``weight``: the module's weight whose columns these channels multiply (an output projection; FLAP uses
+    it). ``how`` is ``activation``, or ``experts`` for a fused-experts module (REAP and expert neurons;
+    then ``segments`` are (experts, expert_ffn) and ``gated`` says SwiGLU vs plain experts).
+    """
+
+    module: str
+    where: str
+    segments: tuple[Segment, ...]
+    start: int = 0
+    choice: tuple[str, str] | None = None
+    weight: str | None = None
+    how: str = "activation"
+    gated: bool = False
+    param_names: tuple[str, str] = ("gate_up_proj", "down_proj")
+
+    @property
+    def key(self) -> str:
+        return f"{self.module}:{self.where}:{self.start}"
+
+    @property
+    def width(self) -> int:
+        return sum(s.length for s in self.segments)
+
+
+@dataclass(frozen=True)
 class DiskKey:
     """A checkpoint key decoded into the in-memory parameter it belongs to.
 
@@ -218,10 +249,8 @@ class Adapter:
     def axes(self, config) -> list[Axis]:
         raise NotImplementedError
 
-    def tensors(self, config) -> list[TensorSpec]:
-        raise NotImplementedError
-
-    def mask_sites(self, config) -> list[MaskSite]:
+    def describe(self, config):
+        """The whole model as one ``blocks.Block``: every tensor, mask site and score site."""
         raise NotImplementedError
 
     def sized_config(self, config, sizes: Mapping[str, int], kept_layers: Sequence[int]) -> dict:
@@ -269,6 +298,15 @@ class Adapter:
             )
 
     # ---- generic -----------------------------------------------------------------------------------
+    def tensors(self, config) -> list[TensorSpec]:
+        return self.describe(config).specs
+
+    def mask_sites(self, config) -> list[MaskSite]:
+        return self.describe(config).masks
+
+    def score_sites(self, config) -> list[ScoreSite]:
+        return self.describe(config).scores
+
     def axis_map(self, config) -> dict[str, Axis]:
         return {a.name: a for a in self.axes(config)}
 

@@ -6,11 +6,14 @@ list. Axis names are ``layers.{i}.{kind}`` except the global ``hidden`` and ``la
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from .base import MaskSite, Segment, TensorSpec
+from .base import MaskSite, ScoreSite, Segment, TensorSpec
 
 __all__ = [
+    "Block",
     "HIDDEN",
     "DEPTH",
     "axis_name",
@@ -29,6 +32,18 @@ HIDDEN = "hidden"
 DEPTH = "layers"
 
 
+@dataclass
+class Block:
+    """The description of one block: its tensors, mask sites and score sites."""
+
+    specs: list[TensorSpec]
+    masks: list[MaskSite] = field(default_factory=list)
+    scores: list[ScoreSite] = field(default_factory=list)
+
+    def __add__(self, other: Block) -> Block:
+        return Block(self.specs + other.specs, self.masks + other.masks, self.scores + other.scores)
+
+
 def axis_name(layer: int, kind: str) -> str:
     return f"layers.{layer}.{kind}"
 
@@ -41,10 +56,16 @@ def _units(n: int, axis: str, width: int = 1) -> tuple[Segment, ...]:
     return (Segment(n * width, outer=axis, inner_size=width),)
 
 
-def norm(name: str, d: int, layer: int | None) -> tuple[list[TensorSpec], list[MaskSite]]:
-    """An RMSNorm over the hidden size: weight cut by the hidden axis, masked over kept channels."""
+def norm(name: str, d: int, layer: int | None) -> Block:
+    """An RMSNorm over the hidden size: weight cut by the hidden axis, masked over kept channels.
+
+    Its output scores the hidden channels (every norm feeds a mixer or the LM head)."""
     module = name.rsplit(".", 1)[0]
-    return [TensorSpec(name, (d,), {0: hidden_dim(d)}, layer)], [MaskSite(module, "rms_norm", hidden_dim(d))]
+    return Block(
+        [TensorSpec(name, (d,), {0: hidden_dim(d)}, layer)],
+        [MaskSite(module, "rms_norm", hidden_dim(d))],
+        [ScoreSite(module, "output", hidden_dim(d))],
+    )
 
 
 def _linear(prefix, out_dims, in_dims, shape, layer, bias) -> list[TensorSpec]:
@@ -64,7 +85,7 @@ def attention(
     qkv_bias: bool = False,
     o_bias: bool = False,
     qk_norm: bool = False,
-) -> tuple[list[TensorSpec], list[MaskSite]]:
+) -> Block:
     """q/k/v/o projections; query heads are the unit (ranked within KV groups), KV heads are kept."""
     ax = axis_name(layer, "attention_heads")
     q_rows = _units(heads, ax, head_dim)
@@ -75,7 +96,12 @@ def attention(
     specs += _linear(f"{prefix}.o_proj", hidden_dim(d), q_rows, (d, heads * head_dim), layer, o_bias)
     if qk_norm:
         specs += [TensorSpec(f"{prefix}.{n}.weight", (head_dim,), {}, layer) for n in ("q_norm", "k_norm")]
-    return specs, [MaskSite(f"{prefix}.o_proj", "input_columns", q_rows)]
+    o_proj = f"{prefix}.o_proj"
+    return Block(
+        specs,
+        [MaskSite(o_proj, "input_columns", q_rows)],
+        [ScoreSite(o_proj, "input", q_rows, weight="weight")],
+    )
 
 
 def gated_mlp(
@@ -86,24 +112,28 @@ def gated_mlp(
     kind: str = "mlp",
     bias: bool = False,
     names=("gate_proj", "up_proj", "down_proj"),
-) -> tuple[list[TensorSpec], list[MaskSite]]:
+) -> Block:
     """SwiGLU MLP: gate and up rows, down columns are the neurons."""
     gate, up, down = names
     cols = _units(width, axis_name(layer, kind))
     specs = _linear(f"{prefix}.{gate}", cols, hidden_dim(d), (width, d), layer, bias)
     specs += _linear(f"{prefix}.{up}", cols, hidden_dim(d), (width, d), layer, bias)
     specs += _linear(f"{prefix}.{down}", hidden_dim(d), cols, (d, width), layer, bias)
-    return specs, [MaskSite(f"{prefix}.{down}", "input_columns", cols)]
+    return _down_sites(specs, f"{prefix}.{down}", cols)
 
 
-def plain_mlp(
-    prefix: str, layer: int, d: int, width: int, kind: str = "mlp", bias: bool = False
-) -> tuple[list[TensorSpec], list[MaskSite]]:
+def _down_sites(specs, down: str, cols) -> Block:
+    return Block(
+        specs, [MaskSite(down, "input_columns", cols)], [ScoreSite(down, "input", cols, weight="weight")]
+    )
+
+
+def plain_mlp(prefix: str, layer: int, d: int, width: int, kind: str = "mlp", bias: bool = False) -> Block:
     """Non-gated MLP (NemotronH relu^2): up rows, down columns."""
     cols = _units(width, axis_name(layer, kind))
     specs = _linear(f"{prefix}.up_proj", cols, hidden_dim(d), (width, d), layer, bias)
     specs += _linear(f"{prefix}.down_proj", hidden_dim(d), cols, (d, width), layer, bias)
-    return specs, [MaskSite(f"{prefix}.down_proj", "input_columns", cols)]
+    return _down_sites(specs, f"{prefix}.down_proj", cols)
 
 
 def mamba2_state_bytes(
@@ -131,7 +161,7 @@ def mamba2_mixer(
     conv_kernel: int,
     conv_bias: bool,
     proj_bias: bool,
-) -> tuple[list[TensorSpec], list[MaskSite]]:
+) -> Block:
     """Mamba-2 mixer, with the slicing arithmetic of METHODS.md section 2.
 
     in_proj rows are [z: I | x: I | B: GN | C: GN | dt: H]; conv1d channels [x | B | C]. Heads and head
@@ -156,7 +186,13 @@ def mamba2_mixer(
     specs += [TensorSpec(f"{prefix}.{n}", (heads,), {0: per_head}, layer) for n in ("dt_bias", "A_log", "D")]
     specs.append(TensorSpec(f"{prefix}.norm.weight", (inner,), {0: (ch,)}, layer))
     specs += _linear(f"{prefix}.out_proj", hidden_dim(d), (ch,), (d, inner), layer, proj_bias)
-    return specs, [MaskSite(f"{prefix}.norm", "gated_rms_norm", (ch,), groups=groups)]
+    in_proj, out_proj = f"{prefix}.in_proj", f"{prefix}.out_proj"
+    scores = [
+        ScoreSite(in_proj, "output", (ch,), start=inner, choice=("mamba", "x")),
+        ScoreSite(in_proj, "output", (ch,), start=0, choice=("mamba", "z")),
+        ScoreSite(out_proj, "input", (ch,), choice=("mamba", "out_proj"), weight="weight"),
+    ]
+    return Block(specs, [MaskSite(f"{prefix}.norm", "gated_rms_norm", (ch,), groups=groups)], scores)
 
 
 def fused_experts(
@@ -168,7 +204,7 @@ def fused_experts(
     gated: bool,
     hidden_cut: bool,
     names: tuple[str, str] = ("gate_up_proj", "down_proj"),
-) -> tuple[list[TensorSpec], list[MaskSite]]:
+) -> Block:
     """Routed experts stored fused, ``[E, F(*2), D_in]`` and ``[E, D_in, F]``.
 
     ``hidden_cut`` is False for latent MoE (experts work in the latent width, which is not cut).
@@ -187,7 +223,8 @@ def fused_experts(
             f"{prefix}.{down}", (num_experts, d_in, width), {0: experts, 1: d, 2: (ffn,)}, layer, routed=True
         ),
     ]
-    return specs, [MaskSite(prefix, "input_columns", (ffn,), param=down)]
+    site = ScoreSite(prefix, "input", (experts[0], ffn), how="experts", gated=gated, param_names=names)
+    return Block(specs, [MaskSite(prefix, "input_columns", (ffn,), param=down)], [site])
 
 
 def router(
@@ -198,7 +235,7 @@ def router(
     flavor: str,
     correction_bias: bool = False,
     groups: int = 1,
-) -> tuple[list[TensorSpec], list[MaskSite]]:
+) -> Block:
     """Router weight ``[E, D]`` (and NemotronH's ``e_score_correction_bias`` buffer)."""
     experts = (Segment(num_experts, outer=axis_name(layer, "experts")),)
     specs = [TensorSpec(f"{prefix}.weight", (num_experts, d), {0: experts, 1: hidden_dim(d)}, layer)]
@@ -206,4 +243,4 @@ def router(
         specs.append(
             TensorSpec(f"{prefix}.e_score_correction_bias", (num_experts,), {0: experts}, layer, buffer=True)
         )
-    return specs, [MaskSite(prefix, "router", experts, flavor=flavor, groups=groups)]
+    return Block(specs, [MaskSite(prefix, "router", experts, flavor=flavor, groups=groups)])

@@ -6,7 +6,18 @@ All share pre-norm attention with GQA and RoPE; they differ in biases, q/k norms
 from __future__ import annotations
 
 from .base import Adapter, Axis, TensorSpec
-from .blocks import DEPTH, HIDDEN, attention, axis_name, fused_experts, gated_mlp, hidden_dim, norm, router
+from .blocks import (
+    DEPTH,
+    HIDDEN,
+    Block,
+    attention,
+    axis_name,
+    fused_experts,
+    gated_mlp,
+    hidden_dim,
+    norm,
+    router,
+)
 
 __all__ = ["LlamaAdapter", "Qwen2Adapter", "Qwen3Adapter", "MixtralAdapter", "Qwen3MoeAdapter"]
 
@@ -72,33 +83,27 @@ class LlamaAdapter(Adapter):
             bias=getattr(config, "mlp_bias", False),
         )
 
-    def _blocks(self, config):
-        d = config.hidden_size
+    def describe(self, config) -> Block:
+        d, v = config.hidden_size, config.vocab_size
+        tied = "model.embed_tokens.weight" if config.tie_word_embeddings else None
+        block = Block(
+            [
+                TensorSpec("model.embed_tokens.weight", (v, d), {1: hidden_dim(d)}),
+                TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
+            ]
+        )
+        block += norm("model.norm.weight", d, None)
         qkv_bias, o_bias = self.attention_biases(config)
-        yield norm("model.norm.weight", d, None)
         for i in range(config.num_hidden_layers):
             p = f"model.layers.{i}"
-            yield norm(f"{p}.input_layernorm.weight", d, i)
-            yield attention(
+            block += norm(f"{p}.input_layernorm.weight", d, i)
+            block += attention(
                 f"{p}.self_attn", i, d, config.num_attention_heads, config.num_key_value_heads,
                 self.head_dim(config), qkv_bias, o_bias, self.qk_norm,
             )  # fmt: skip
-            yield norm(f"{p}.post_attention_layernorm.weight", d, i)
-            yield self.feed_forward(p, i, config)
-
-    def tensors(self, config) -> list[TensorSpec]:
-        d, v = config.hidden_size, config.vocab_size
-        tied = "model.embed_tokens.weight" if config.tie_word_embeddings else None
-        specs = [
-            TensorSpec("model.embed_tokens.weight", (v, d), {1: hidden_dim(d)}),
-            TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
-        ]
-        for block_specs, _ in self._blocks(config):
-            specs += block_specs
-        return specs
-
-    def mask_sites(self, config):
-        return [site for _, sites in self._blocks(config) for site in sites]
+            block += norm(f"{p}.post_attention_layernorm.weight", d, i)
+            block += self.feed_forward(p, i, config)
+        return block
 
     def sized_config(self, config, sizes, kept_layers) -> dict:
         field = {
@@ -175,11 +180,10 @@ class MixtralAdapter(LlamaAdapter):
 
     def feed_forward(self, prefix, i, config):
         d, e = config.hidden_size, self.num_experts(config)
-        specs, sites = fused_experts(
+        experts = fused_experts(
             f"{prefix}.mlp.experts", i, d, e, self.expert_width(config), gated=True, hidden_cut=True
         )
-        r_specs, r_sites = router(f"{prefix}.mlp.gate", i, d, e, "softmax")
-        return specs + r_specs, sites + r_sites
+        return experts + router(f"{prefix}.mlp.gate", i, d, e, "softmax")
 
     def expert_width(self, config) -> int:
         return config.intermediate_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import PlanError
 from .base import Adapter, Axis, TensorSpec
-from .blocks import DEPTH, HIDDEN, axis_name, hidden_dim, mamba2_mixer, mamba2_state_bytes, norm
+from .blocks import DEPTH, HIDDEN, Block, axis_name, hidden_dim, mamba2_mixer, mamba2_state_bytes, norm
 
 __all__ = ["Mamba2Adapter"]
 
@@ -40,30 +40,24 @@ class Mamba2Adapter(Adapter):
             axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.head_dim, i))
         return axes
 
-    def _blocks(self, config):
-        d = config.hidden_size
-        yield norm("backbone.norm_f.weight", d, None)
+    def describe(self, config) -> Block:
+        d, v = config.hidden_size, config.vocab_size
+        tied = "backbone.embeddings.weight" if config.tie_word_embeddings else None
+        block = Block(
+            [
+                TensorSpec("backbone.embeddings.weight", (v, d), {1: hidden_dim(d)}),
+                TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
+            ]
+        )
+        block += norm("backbone.norm_f.weight", d, None)
         for i in range(config.num_hidden_layers):
             p = f"backbone.layers.{i}"
-            yield norm(f"{p}.norm.weight", d, i)
-            yield mamba2_mixer(
+            block += norm(f"{p}.norm.weight", d, i)
+            block += mamba2_mixer(
                 f"{p}.mixer", i, d, config.num_heads, config.head_dim, config.n_groups, config.state_size,
                 config.conv_kernel, config.use_conv_bias, config.use_bias,
             )  # fmt: skip
-
-    def tensors(self, config) -> list[TensorSpec]:
-        d, v = config.hidden_size, config.vocab_size
-        tied = "backbone.embeddings.weight" if config.tie_word_embeddings else None
-        specs = [
-            TensorSpec("backbone.embeddings.weight", (v, d), {1: hidden_dim(d)}),
-            TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
-        ]
-        for block_specs, _ in self._blocks(config):
-            specs += block_specs
-        return specs
-
-    def mask_sites(self, config):
-        return [site for _, sites in self._blocks(config) for site in sites]
+        return block
 
     def check_sizes(self, config, sizes) -> None:
         hidden = sizes.get("hidden", config.hidden_size)

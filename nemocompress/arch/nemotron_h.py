@@ -9,6 +9,7 @@ from .base import Adapter, Axis, TensorSpec
 from .blocks import (
     DEPTH,
     HIDDEN,
+    Block,
     attention,
     axis_name,
     fused_experts,
@@ -118,14 +119,18 @@ class NemotronHAdapter(Adapter):
                 )
         return axes
 
-    def _blocks(self, config):
-        d = config.hidden_size
+    def describe(self, config) -> Block:
+        d, v = config.hidden_size, config.vocab_size
+        # NemotronHForCausalLM never ties lm_head to the embeddings, whatever tie_word_embeddings says.
+        outer = [TensorSpec("model.embeddings.weight", (v, d), {1: hidden_dim(d)})]
+        outer.append(TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}))
+        block = Block(outer) + norm("model.norm_f.weight", d, None)
         for i, t in enumerate(config.layers_block_type):
             p = f"model.layers.{i}"
-            yield norm(f"{p}.norm.weight", d, i)
+            block += norm(f"{p}.norm.weight", d, i)
             m = f"{p}.mixer"
             if t == MAMBA:
-                yield mamba2_mixer(
+                block += mamba2_mixer(
                     m, i, d, config.mamba_num_heads, config.mamba_head_dim, config.n_groups,
                     config.ssm_state_size, config.conv_kernel, config.use_conv_bias, config.mamba_proj_bias,
                 )  # fmt: skip
@@ -136,56 +141,32 @@ class NemotronHAdapter(Adapter):
                     config.head_dim,
                     config.attention_bias,
                 )
-                yield attention(m, i, d, h, kv, hd, qkv_bias=b, o_bias=b)
+                block += attention(m, i, d, h, kv, hd, qkv_bias=b, o_bias=b)
             elif t == MLP:
-                yield plain_mlp(m, i, d, config.intermediate_size, bias=config.mlp_bias)
+                block += plain_mlp(m, i, d, config.intermediate_size, bias=config.mlp_bias)
             elif t == MOE:
-                yield from self._moe(m, i, config)
+                block += self._moe(m, i, config)
+        return block
 
-    def _moe(self, m, i, config):
-        d, latent = config.hidden_size, config.moe_latent_size
+    def _moe(self, m: str, i: int, config) -> Block:
+        d, latent, b = config.hidden_size, config.moe_latent_size, config.mlp_bias
         d_in = latent if latent is not None else d
-        yield fused_experts(
+        block = fused_experts(
             f"{m}.experts", i, d_in, config.n_routed_experts, config.moe_intermediate_size,
             gated=False, hidden_cut=latent is None, names=("up_proj", "down_proj"),
         )  # fmt: skip
-        yield router(f"{m}.gate", i, d, config.n_routed_experts, "sigmoid_bias", True, config.n_group)
-        yield plain_mlp(
-            f"{m}.shared_experts",
-            i,
-            d,
-            config.moe_shared_expert_intermediate_size,
-            "shared_ffn",
-            config.mlp_bias,
+        block += router(f"{m}.gate", i, d, config.n_routed_experts, "sigmoid_bias", True, config.n_group)
+        block += plain_mlp(
+            f"{m}.shared_experts", i, d, config.moe_shared_expert_intermediate_size, "shared_ffn", b
         )
         if latent is not None:
-            b = config.mlp_bias
             specs = [TensorSpec(f"{m}.fc1_latent_proj.weight", (latent, d), {1: hidden_dim(d)}, i)]
             specs += [TensorSpec(f"{m}.fc2_latent_proj.weight", (d, latent), {0: hidden_dim(d)}, i)]
             if b:
                 specs += [TensorSpec(f"{m}.fc1_latent_proj.bias", (latent,), {}, i)]
                 specs += [TensorSpec(f"{m}.fc2_latent_proj.bias", (d,), {0: hidden_dim(d)}, i)]
-            yield specs, []
-
-    def _outer(self, config):
-        d, v = config.hidden_size, config.vocab_size
-        specs = [TensorSpec("model.embeddings.weight", (v, d), {1: hidden_dim(d)})]
-        final_specs, final_sites = norm("model.norm_f.weight", d, None)
-        # NemotronHForCausalLM never ties lm_head to the embeddings, whatever tie_word_embeddings says.
-        specs += final_specs + [TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)})]
-        return specs, final_sites
-
-    def tensors(self, config) -> list[TensorSpec]:
-        specs = self._outer(config)[0]
-        for block_specs, _ in self._blocks(config):
-            specs += block_specs
-        return specs
-
-    def mask_sites(self, config):
-        sites = self._outer(config)[1]
-        for _, block_sites in self._blocks(config):
-            sites += block_sites
-        return sites
+            block += Block(specs)
+        return block
 
     def sized_config(self, config, sizes, kept_layers) -> dict:
         field = {
