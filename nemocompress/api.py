@@ -11,10 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from .arch import Axis, get_adapter
 from .checkpoint import check_output_dir, list_tensors, load_config
+from .data import calibration_samples
 from .errors import PlanError
+from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
+from .importance.calibrate import calibrate
+from .importance.depth import finalize_layer_scores
+from .importance.options import ImportanceOptions
+from .importance.report import layer_table, plot_scores, score_table
+from .importance.scoring import activation_scores, flap_scores
 from .importance.weights import checkpoint_magnitude_scores, random_scores
 from .prune.cost import Cost, model_cost
 from .prune.minitron import plan_from_targets
@@ -22,9 +30,17 @@ from .prune.plan import Plan
 from .prune.slice import slice_checkpoint
 from .report import format_table, human
 
-__all__ = ["ModelInfo", "PruneResult", "info", "prune", "parse_export_config", "IMPORTANCE_CHOICES"]
-
-IMPORTANCE_CHOICES = ("magnitude", "random")
+__all__ = [
+    "ModelInfo",
+    "ImportanceResult",
+    "PruneResult",
+    "info",
+    "importance",
+    "load_importance",
+    "prune",
+    "demo",
+    "parse_export_config",
+]
 
 
 @dataclass
@@ -101,6 +117,80 @@ def parse_export_config(value: str | dict) -> dict[str, int]:
 
 
 @dataclass
+class ImportanceResult:
+    """Scores computed or loaded for a model, ready to rank units and layers."""
+
+    artifact: ImportanceArtifact
+    config: object
+    options: ImportanceOptions
+    plots: list[Path]
+
+    def unit_scores(self, restrict: dict | None = None) -> dict[str, torch.Tensor]:
+        sites = get_adapter(self.config).score_sites(self.config)
+        stats, o = self.artifact.stats, self.options
+        if o.ranking == "flap":
+            return flap_scores(sites, stats, o.expert_metric)
+        return activation_scores(
+            sites, stats, o.batch_agg, {"mamba": o.mamba_source}, o.expert_metric, restrict
+        )
+
+    def layer_scores(self, window: int = 1) -> dict[str, torch.Tensor]:
+        if window not in self.artifact.layers:
+            raise ScoresError(
+                f"no layer scores for blocks of {window} layers; recompute with `--block-size {window}` "
+                "(or pass --data so they are computed now)"
+            )
+        return finalize_layer_scores(self.artifact.layers[window])
+
+    def table(self) -> str:
+        adapter = get_adapter(self.config)
+        units = score_table(self.unit_scores(), adapter.axis_map(self.config))
+        layers = layer_table(self.layer_scores(min(self.artifact.layers)), adapter.layer_kinds(self.config))
+        return f"{units}\n\n{layers}"
+
+
+def importance(
+    model_dir: str | Path,
+    data: str | Path,
+    output_dir: str | Path | None = None,
+    options: ImportanceOptions = ImportanceOptions(),
+    block_sizes: tuple[int, ...] = (1,),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ImportanceResult:
+    """Calibrate on ``data`` (train split only) and, with ``output_dir``, save the scores and PNG plots there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = load_config(model_dir)
+    adapter = get_adapter(config)
+    if output_dir is not None:
+        check_output_dir(output_dir, overwrite, inputs=(model_dir,))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples, _ = calibration_samples(tokenizer, data, options.samples, options.seq_len, options.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    meta = describe_run(config, str(data), {**options.to_dict(), "block_sizes": list(block_sizes)})
+    artifact = calibrate(
+        model, adapter, samples, options.batch_size, block_sizes, options.seq_agg, progress, meta
+    )
+    result = ImportanceResult(artifact, config, options, [])
+    if output_dir is not None and PartialState().is_main_process:
+        artifact.save(output_dir, overwrite)
+        scores, axes = result.unit_scores(), adapter.axis_map(config)
+        result.plots = plot_scores(
+            scores, axes, result.layer_scores(min(block_sizes)), Path(output_dir) / "plots"
+        )
+    return result
+
+
+def load_importance(
+    scores_dir: str | Path, model_dir: str | Path, options: ImportanceOptions = ImportanceOptions()
+):
+    """Scores saved by :func:`importance`, checked against the model at ``model_dir``."""
+    config = load_config(model_dir)
+    return ImportanceResult(ImportanceArtifact.load(scores_dir, config), config, options, [])
+
+
+@dataclass
 class PruneResult:
     plan: Plan
     before: Cost
@@ -116,52 +206,94 @@ class PruneResult:
                 ("active params", b.active_params, a.active_params),
             )
         ]
-        rows.append(
-            [
-                "memory",
-                human(b.memory_bytes, "B"),
-                human(a.memory_bytes, "B"),
-                f"{a.memory_bytes / b.memory_bytes:.3f}x",
-            ]
-        )
+        ratio = a.memory_bytes / b.memory_bytes
+        rows.append(["memory", human(b.memory_bytes, "B"), human(a.memory_bytes, "B"), f"{ratio:.3f}x"])
         return format_table(rows, ["", "before", "after", "ratio"])
+
+
+def _activation_plan(config, targets: dict, found: ImportanceResult) -> Plan:
+    """Targets -> plan from activation scores; Mamba heads are re-scored on the kept head channels."""
+    adapter = get_adapter(config)
+    scores = found.unit_scores()
+    depth = targets.get("num_layers")
+    if depth is not None:
+        scores["layers"] = _layer_ranking(found, adapter.num_layers(config), depth)
+    head_dim_kind = "mamba_head_dim"
+    if head_dim_kind in targets and found.options.ranking == "activation":
+        first = plan_from_targets(config, {head_dim_kind: targets[head_dim_kind]}, scores)
+        restrict = {k: torch.tensor(v) for k, v in first.kept.items() if k.endswith(head_dim_kind)}
+        rescored = found.unit_scores(restrict)
+        scores.update({k: v for k, v in rescored.items() if k.endswith("mamba_heads")})
+    return plan_from_targets(config, targets, scores)
+
+
+def _layer_ranking(found: ImportanceResult, num_layers: int, keep: int) -> torch.Tensor:
+    """Layer scores whose top ``keep`` are the layers the chosen selection keeps."""
+    o = found.options
+    if o.layer_selection == "contiguous" and keep < num_layers:
+        window = num_layers - keep
+        start = int(found.layer_scores(window)[o.layer_metric].argmin())
+        ranking = torch.ones(num_layers)
+        ranking[start : start + window] = 0
+        return ranking
+    if o.layer_selection == "iterative":
+        raise PlanError(
+            "iterative layer selection needs the model: use nemocompress.importance.depth.iterative_layer_ranking"
+        )
+    return found.layer_scores(1)[o.layer_metric]
 
 
 def prune(
     model_dir: str | Path,
     output_dir: str | Path,
     export_config: str | dict,
-    importance: str = "magnitude",
-    seed: int = 0,
+    options: ImportanceOptions | None = None,
+    scores: str | Path | None = None,
+    data: str | Path | None = None,
     overwrite: bool = False,
     context_length: int = 4096,
     batch_size: int = 1,
     progress: bool = True,
 ) -> PruneResult:
-    """Minitron one-shot prune of a checkpoint on disk to explicit sizes, streaming tensor by tensor.
+    """Minitron one-shot prune of a checkpoint on disk to explicit sizes; slices by streaming.
 
     Args:
         export_config: ModelOpt names -> sizes, e.g. ``{"hidden_size": 96, "mamba_num_heads": 6}``.
-        importance: ``magnitude`` (L2 norm of each unit's weights) or ``random`` (seeded).
+        options: ranking and its settings; default activation ranking when ``scores`` or ``data`` is given,
+            weight magnitude otherwise.
+        scores: a directory written by :func:`importance` (reused: one calibration, many prunes).
+        data: calibration text to compute activation scores now (when ``scores`` is not given).
     Returns:
         The plan, the cost before and after, and where the checkpoint was written.
     """
     targets = parse_export_config(export_config)
-    if importance not in IMPORTANCE_CHOICES:
-        raise PlanError(f"unknown importance {importance!r}; choose one of {', '.join(IMPORTANCE_CHOICES)}")
+    if options is None:
+        options = ImportanceOptions(ranking="activation" if (scores or data) else "magnitude")
     config = load_config(model_dir)
     adapter = get_adapter(config)
     check_output_dir(output_dir, overwrite, inputs=(model_dir,))
     list_tensors(model_dir)  # refuse a corrupt checkpoint before any work
-    axes = adapter.axes(config)
-    plan_from_targets(
-        config, targets, random_scores([(a.name, a.size) for a in axes])
-    )  # validate targets early
-    if importance == "magnitude":
-        scores = checkpoint_magnitude_scores(model_dir, progress=progress)
+    axes = [(a.name, a.size) for a in adapter.axes(config)]
+    plan_from_targets(config, targets, random_scores(axes))  # refuse bad targets before any work
+    if options.needs_data:
+        if scores is not None:
+            found = load_importance(scores, model_dir, options)
+        elif data is not None:
+            window = adapter.num_layers(config) - targets.get("num_layers", adapter.num_layers(config))
+            blocks = (1, window) if options.layer_selection == "contiguous" and window > 1 else (1,)
+            found = importance(model_dir, data, None, options, blocks, progress=progress)
+        else:
+            raise PlanError(
+                f"--importance {options.ranking} needs --scores DIR or --data PATH (or use magnitude)"
+            )
+        plan = _activation_plan(config, targets, found)
     else:
-        scores = random_scores([(a.name, a.size) for a in axes], seed)
-    plan = plan_from_targets(config, targets, scores)
+        unit = (
+            checkpoint_magnitude_scores(model_dir, progress)
+            if options.ranking == "magnitude"
+            else random_scores(axes, options.seed)
+        )
+        plan = plan_from_targets(config, targets, unit)
     slice_checkpoint(model_dir, plan, output_dir, overwrite=overwrite, progress=progress)
     dtype = getattr(config, "dtype", None) or torch.bfloat16
     dtype = dtype if isinstance(dtype, torch.dtype) else _dtype(str(dtype))
@@ -186,7 +318,7 @@ class DemoResult:
 def demo(
     output_dir: str | Path | None = None,
     export_config: str | dict | None = None,
-    importance: str = "magnitude",
+    ranking: str = "magnitude",
     samples: int = 16,
     seq_len: int = 256,
     progress: bool = True,

@@ -275,9 +275,13 @@ def check_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple 
     for src in inputs:
         src = Path(src).resolve()
         if target == src or src.is_relative_to(target):
-            raise OutputError(f"output {target} is (or contains) the input {src}: choose another output directory")
+            raise OutputError(
+                f"output {target} is (or contains) the input {src}: choose another output directory"
+            )
     if target.exists() and not overwrite:
-        raise OutputError(f"{target} already exists: pass --overwrite (overwrite=True) or choose another directory")
+        raise OutputError(
+            f"{target} already exists: pass --overwrite (overwrite=True) or choose another directory"
+        )
     return target
 
 

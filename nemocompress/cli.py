@@ -8,10 +8,33 @@ import sys
 
 from . import __version__, api
 from .errors import NemocompressError
+from .importance.activation import SEQ_AGGREGATIONS
+from .importance.depth import LAYER_METRICS
+from .importance.options import MAMBA_SOURCES, RANKINGS, ImportanceOptions
+from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 
 def _info(args) -> None:
     print(api.info(args.model, args.context_length, args.batch_size, args.dtype).table())
+
+
+def _options(args) -> ImportanceOptions:
+    ranking = args.importance or (
+        "activation" if (getattr(args, "scores", None) or args.data) else "magnitude"
+    )
+    return ImportanceOptions(
+        ranking=ranking,
+        seq_agg=args.seq_agg,
+        batch_agg=args.batch_agg,
+        mamba_source=args.mamba_source,
+        expert_metric=args.expert_metric,
+        layer_metric=args.layer_metric,
+        layer_selection=args.layer_selection,
+        samples=args.samples,
+        seq_len=args.seq_len,
+        batch_size=args.calib_batch_size,
+        seed=args.seed,
+    )
 
 
 def _prune(args) -> None:
@@ -19,8 +42,9 @@ def _prune(args) -> None:
         args.model,
         args.output,
         args.export_config,
-        importance=args.importance,
-        seed=args.seed,
+        _options(args),
+        scores=args.scores,
+        data=args.data,
         overwrite=args.overwrite,
         context_length=args.context_length,
         batch_size=args.batch_size,
@@ -29,10 +53,46 @@ def _prune(args) -> None:
     print(f"\nwrote {result.output_dir}")
 
 
+def _importance(args) -> None:
+    result = api.importance(
+        args.model, args.data, args.output, _options(args), tuple(args.block_size), args.overwrite
+    )
+    print(result.table())
+    if result.plots:
+        print(f"\nplots: {', '.join(str(p) for p in result.plots)}")
+    print(f"wrote {args.output}")
+
+
 def _demo(args) -> None:
-    result = api.demo(args.output, args.export_config, args.importance, args.samples, args.seq_len)
+    result = api.demo(
+        args.output, args.export_config, args.importance or "magnitude", args.samples, args.seq_len
+    )
     print(result.table())
     print(f"\npruned checkpoint: {result.prune.output_dir}")
+
+
+def _ranking_flags(p, data_required: bool = False) -> None:
+    p.add_argument(
+        "--data", required=data_required, help="calibration text: file, folder or .jsonl (train split used)"
+    )
+    p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
+    p.add_argument("--calib-batch-size", type=int, default=4, help="samples per forward (default 4)")
+    p.add_argument(
+        "--seq-agg", default="mean", choices=SEQ_AGGREGATIONS, help="over the sequence (default mean)"
+    )
+    p.add_argument("--batch-agg", default="l2", choices=BATCH_AGGREGATIONS, help="over samples (default l2)")
+    p.add_argument(
+        "--mamba-source", default="x", choices=MAMBA_SOURCES, help="Mamba activation to score (default x)"
+    )
+    p.add_argument(
+        "--expert-metric", default="reap", choices=EXPERT_METRICS, help="MoE expert score (default reap)"
+    )
+    p.add_argument(
+        "--layer-metric", default="nmse", choices=LAYER_METRICS, help="layer importance (default nmse)"
+    )
+    p.add_argument("--layer-selection", default="individual", choices=("individual", "contiguous"))
+    p.add_argument("--seed", type=int, default=0, help="data shuffling and --importance random")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,15 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", help="dtype for memory (default bfloat16)")
     p.set_defaults(func=_info)
 
+    p = sub.add_parser("importance", help="activation importance of every unit and layer, saved for reuse")
+    p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
+    p.add_argument("-o", "--output", required=True, help="scores directory (written atomically)")
+    p.add_argument("--importance", default=None, choices=RANKINGS, help="ranking shown in the summary")
+    p.add_argument(
+        "--block-size", type=int, nargs="+", default=[1], help="layer windows to score (default 1)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing scores directory")
+    _ranking_flags(p, data_required=True)
+    p.set_defaults(func=_importance)
+
     p = sub.add_parser("prune", help="Minitron one-shot prune to explicit sizes")
     p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
     p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     p.add_argument(
         "--export-config", required=True, help="JSON sizes, e.g. '{\"hidden_size\": 96}', or a .json file"
     )
-    p.add_argument("--importance", default="magnitude", choices=api.IMPORTANCE_CHOICES, help="unit ranking")
-    p.add_argument("--seed", type=int, default=0, help="seed for --importance random")
+    p.add_argument(
+        "--importance",
+        default=None,
+        choices=RANKINGS,
+        help="unit ranking (default: activation with --scores/--data, else magnitude)",
+    )
+    p.add_argument("--scores", default=None, help="scores directory from `nemocompress importance`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    _ranking_flags(p)
     costs(p)
     p.set_defaults(func=_prune)
 
@@ -69,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default=None, help="where to write the pruned model (default: in the cache)"
     )
     p.add_argument("--export-config", default=None, help=f"sizes (default {json.dumps(api.DEMO_EXPORT)})")
-    p.add_argument("--importance", default="magnitude", choices=api.IMPORTANCE_CHOICES)
+    p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default magnitude)")
     p.add_argument("--samples", type=int, default=16, help="held-out samples to score (default 16)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     p.set_defaults(func=_demo)

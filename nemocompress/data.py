@@ -19,7 +19,7 @@ import torch
 
 from nemocompress.errors import NemocompressError
 
-__all__ = ["DataError", "TEXT_SUFFIXES", "load_texts", "pack_tokens", "split_texts"]
+__all__ = ["DataError", "TEXT_SUFFIXES", "calibration_samples", "load_texts", "pack_tokens", "split_texts"]
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
 JSONL_SUFFIX = ".jsonl"
@@ -229,3 +229,19 @@ def _render_messages(messages: Any, where: str, tokenizer: Any) -> str:
             "use an instruct model's tokenizer or set tokenizer.chat_template"
         )
     return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def calibration_samples(
+    tokenizer: Any,
+    path: str | os.PathLike,
+    num_samples: int,
+    seq_len: int,
+    seed: int = 0,
+    heldout_fraction: float = 0.1,
+) -> tuple[torch.LongTensor, list[str]]:
+    """Calibration samples ``[num_samples, seq_len]`` from the train split of the texts at ``path``.
+
+    Returns the samples and the held-out documents (which scoring never sees).
+    """
+    train, heldout = split_texts(load_texts(path, tokenizer), heldout_fraction, seed)
+    return pack_tokens(tokenizer, train, seq_len, num_samples=num_samples, seed=seed), heldout

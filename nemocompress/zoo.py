@@ -77,3 +77,29 @@ def zoo_model(name: str, seed: int = 0) -> torch.nn.Module:
             if name_.endswith("e_score_correction_bias"):
                 b.copy_(torch.randn_like(b) * 0.01)
     return model
+
+
+def zoo_tokenizer():
+    """Character-level tokenizer over printable ASCII and newline: 98 ids (fits every zoo vocab), eos = 1."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {"<unk>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        eos_token="<eos>",
+        pad_token="<eos>",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def save_zoo_checkpoint(name: str, path, seed: int = 0, **save_kwargs):
+    """Write a zoo model and the zoo tokenizer as a stock checkpoint directory; returns the path."""
+    zoo_model(name, seed).save_pretrained(path, **save_kwargs)
+    zoo_tokenizer().save_pretrained(path)
+    return path

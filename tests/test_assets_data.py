@@ -11,8 +11,7 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from nemocompress import assets
 from nemocompress.assets import AssetError, cache_root, fetch_smollm2, fetch_text
@@ -24,6 +23,7 @@ from nemocompress.evaluate import (
     heldout_loss,
     token_losses,
 )
+from nemocompress.zoo import zoo_tokenizer
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 
@@ -31,18 +31,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% 
 @pytest.fixture(scope="module")
 def tokenizer():
     """Character-level tokenizer over printable ASCII and newline: 98 ids, eos = 1."""
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {"<unk>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        eos_token="<eos>",
-        pad_token="<eos>",
-        clean_up_tokenization_spaces=False,
-    )
+    tok = zoo_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     return tok
 

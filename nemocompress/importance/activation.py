@@ -1,0 +1,144 @@
+"""Collect activation statistics with forward hooks, in one pass over calibration batches, no gradients.
+
+Every statistic is a sum (over samples or tokens), so statistics from several processes or runs add up;
+:mod:`nemocompress.importance.scoring` turns them into scores. Which activation scores which axis comes from
+the adapter's score sites; nothing here knows a model family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import Adapter, ScoreSite
+
+__all__ = ["Stats", "ActivationCollector", "add_stats", "SEQ_AGGREGATIONS"]
+
+Stats = dict[str, dict[str, torch.Tensor]]
+SEQ_AGGREGATIONS = ("mean", "l2")
+
+
+def add_stats(into: Stats, other: Mapping[str, Mapping[str, torch.Tensor]]) -> Stats:
+    """Sum ``other`` into ``into`` (for statistics from several shards or processes)."""
+    for key, stats in other.items():
+        slot = into.setdefault(key, {})
+        for name, value in stats.items():
+            slot[name] = slot[name] + value if name in slot else value.clone()
+    return into
+
+
+class ActivationCollector:
+    """Forward hooks that accumulate, per score site:
+
+    - ``sum_a``, ``sum_a2``, ``n``: per sample a_b = aggregate over the sequence of |X| ([C]),
+      summed over samples, squared and summed, and the sample count (METHODS.md section 1);
+    - ``tok_sum``, ``tok_sumsq``, ``n_tok``: token-level first and second moments (for FLAP's variance);
+    - ``wcol2``: squared column norms of the site's output projection (for FLAP), when it has one;
+    - for fused experts: ``reap``, ``routed``, ``out_norm`` per expert and the expert-neuron moments.
+
+    Use as a context manager around forward passes. ``seq_agg``: ``mean`` (of |X|) or ``l2`` over the
+    sequence.
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter, seq_agg: str = "mean"):
+        if seq_agg not in SEQ_AGGREGATIONS:
+            raise ValueError(f"seq_agg must be one of {SEQ_AGGREGATIONS}, got {seq_agg!r}")
+        self.model, self.seq_agg = model, seq_agg
+        self.sites = adapter.score_sites(model.config)
+        self.stats: Stats = {}
+        self._hooks: list = []
+
+    def __enter__(self) -> ActivationCollector:
+        by_module: dict[str, list[ScoreSite]] = {}
+        for site in self.sites:
+            by_module.setdefault(site.module, []).append(site)
+        for name, sites in by_module.items():
+            module = self.model.get_submodule(name)
+            for site in sites:
+                if site.weight is not None:
+                    w = getattr(module, site.weight).detach()
+                    cols = w[:, site.start : site.start + site.width].to(torch.float64)
+                    self.stats.setdefault(site.key, {})["wcol2"] = cols.pow(2).sum(0).cpu()
+            self._hooks.append(module.register_forward_hook(self._hook(sites), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _hook(self, sites: list[ScoreSite]):
+        def hook(module, args, kwargs, output):
+            for site in sites:
+                if site.how == "experts":
+                    self._experts(site, module, args, kwargs)
+                    continue
+                x = output if site.where == "output" else (args[0] if args else next(iter(kwargs.values())))
+                x = x[0] if isinstance(x, tuple) else x
+                self._activation(site, x[..., site.start : site.start + site.width])
+
+        return hook
+
+    def _add(self, key: str, **values: torch.Tensor) -> None:
+        slot = self.stats.setdefault(key, {})
+        for name, v in values.items():
+            v = v.detach().to(torch.float64).cpu()
+            slot[name] = slot[name] + v if name in slot else v
+
+    @torch.no_grad()
+    def _activation(self, site: ScoreSite, x: torch.Tensor) -> None:
+        x = x.float()
+        if x.ndim == 2:
+            x = x[None]
+        per_sample = x.abs().mean(1) if self.seq_agg == "mean" else x.pow(2).mean(1).sqrt()
+        tokens = x.reshape(-1, x.shape[-1])
+        self._add(
+            site.key,
+            sum_a=per_sample.sum(0),
+            sum_a2=per_sample.pow(2).sum(0),
+            n=torch.tensor(float(x.shape[0])),
+            tok_sum=tokens.sum(0),
+            tok_sumsq=tokens.pow(2).sum(0),
+            n_tok=torch.tensor(float(tokens.shape[0])),
+        )
+
+    @torch.no_grad()
+    def _experts(self, site: ScoreSite, module: nn.Module, args, kwargs) -> None:
+        """REAP, routing frequency, output norm per expert, and expert-neuron moments (shared ranking)."""
+        hidden, index, weights = (list(args) + [kwargs.get(k) for k in ("top_k_index", "top_k_weights")])[:3]
+        up_name, down_name = site.param_names
+        up, down = getattr(module, up_name), getattr(module, down_name)
+        num_experts, width = up.shape[0], down.shape[-1]
+        reap, routed, out_norm = (torch.zeros(num_experts, dtype=torch.float64) for _ in range(3))
+        sum_a, sum_a2 = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
+        for e in range(num_experts):
+            token, slot = torch.where(index == e)
+            if len(token) == 0:
+                continue
+            h = F.linear(hidden[token], up[e])
+            if site.gated:
+                gate, lin = h.chunk(2, dim=-1)
+                h = module.act_fn(gate) * lin
+            else:
+                h = module.act_fn(h)
+            norm = F.linear(h, down[e]).float().norm(dim=-1).double().cpu()
+            g = weights[token, slot].double().cpu()
+            reap[e], routed[e], out_norm[e] = (g * norm).sum(), len(token), norm.sum()
+            h = h.double().cpu()
+            sum_a += h.abs().sum(0)
+            sum_a2 += h.pow(2).sum(0)
+        self._add(
+            site.key, reap=reap, routed=routed, out_norm=out_norm, sum_a=sum_a, sum_a2=sum_a2, n=routed.sum()
+        )
+
+    def collect(self, batches: Iterable[torch.Tensor], progress=None) -> Stats:
+        """Run ``model(batch)`` for every batch (``use_cache=False``) and return the statistics."""
+        with self, torch.no_grad():
+            for batch in batches:
+                self.model(batch.to(next(self.model.parameters()).device), use_cache=False)
+                if progress is not None:
+                    progress.update(1)
+        return self.stats

@@ -1,0 +1,64 @@
+"""One calibration run: activation statistics and layer statistics over batches, on one or many processes.
+
+With several processes (``torchrun`` / ``accelerate launch``), each scores its shard of the batches and the
+sums are reduced across processes before any square root, so the result equals a single-process run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
+from tqdm.auto import tqdm
+
+from ..arch import Adapter
+from .activation import ActivationCollector, Stats
+from .artifact import ImportanceArtifact
+from .depth import LayerStats, layer_stats
+
+__all__ = ["calibrate"]
+
+
+def _reduce(stats: dict, state: PartialState) -> dict:
+    if state.num_processes == 1:
+        return stats
+    return {
+        k: _reduce(v, state) if isinstance(v, dict) else reduce(v.to(state.device), "sum").cpu()
+        for k, v in stats.items()
+    }
+
+
+@torch.no_grad()
+def calibrate(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    samples: torch.Tensor,
+    batch_size: int = 4,
+    block_sizes: Sequence[int] = (1,),
+    seq_agg: str = "mean",
+    progress: bool = True,
+    meta: dict | None = None,
+) -> ImportanceArtifact:
+    """Collect everything importance needs from ``samples`` ``[N, S]`` (token ids).
+
+    Returns summed statistics: per score site (for width scores) and per layer window size in
+    ``block_sizes`` (for depth scores).
+    """
+    state = PartialState()
+    batches = list(samples.split(batch_size))[state.process_index :: state.num_processes]
+    model.eval()
+    bar = tqdm(
+        total=len(batches) * (1 + len(block_sizes)),
+        desc="importance",
+        disable=not (progress and state.is_main_process),
+    )
+    stats: Stats = ActivationCollector(model, adapter, seq_agg).collect(batches, progress=bar)
+    layers: dict[int, LayerStats] = {
+        k: layer_stats(model, adapter, batches, window=k, progress=bar) for k in block_sizes
+    }
+    bar.close()
+    return ImportanceArtifact(
+        _reduce(stats, state), {k: _reduce(v, state) for k, v in layers.items()}, meta or {}
+    )
