@@ -40,6 +40,7 @@ __all__ = [
     "prune",
     "demo",
     "parse_export_config",
+    "ImportanceOptions",
 ]
 
 

@@ -15,10 +15,11 @@ from torch import nn
 
 from ..arch import Adapter, ScoreSite
 
-__all__ = ["Stats", "ActivationCollector", "add_stats", "SEQ_AGGREGATIONS"]
+__all__ = ["Stats", "ActivationCollector", "add_stats", "SEQ_AGGREGATIONS", "CONSTANT_STATS"]
 
 Stats = dict[str, dict[str, torch.Tensor]]
 SEQ_AGGREGATIONS = ("mean", "l2")
+CONSTANT_STATS = ("wcol2",)  # properties of the weights, the same in every shard: never summed
 
 
 def add_stats(into: Stats, other: Mapping[str, Mapping[str, torch.Tensor]]) -> Stats:
@@ -26,7 +27,8 @@ def add_stats(into: Stats, other: Mapping[str, Mapping[str, torch.Tensor]]) -> S
     for key, stats in other.items():
         slot = into.setdefault(key, {})
         for name, value in stats.items():
-            slot[name] = slot[name] + value if name in slot else value.clone()
+            summed = name in slot and name not in CONSTANT_STATS
+            slot[name] = slot[name] + value if summed else value.clone()
     return into
 
 

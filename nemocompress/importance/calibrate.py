@@ -14,7 +14,7 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from ..arch import Adapter
-from .activation import ActivationCollector, Stats
+from .activation import CONSTANT_STATS, ActivationCollector, Stats
 from .artifact import ImportanceArtifact
 from .depth import LayerStats, layer_stats
 
@@ -22,12 +22,16 @@ __all__ = ["calibrate"]
 
 
 def _reduce(stats: dict, state: PartialState) -> dict:
+    """Sum every statistic across processes (constants such as weight norms are kept as they are)."""
     if state.num_processes == 1:
         return stats
-    return {
-        k: _reduce(v, state) if isinstance(v, dict) else reduce(v.to(state.device), "sum").cpu()
-        for k, v in stats.items()
-    }
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            out[k] = _reduce(v, state)
+        else:
+            out[k] = v if k in CONSTANT_STATS else reduce(v.to(state.device), "sum").cpu()
+    return out
 
 
 @torch.no_grad()

@@ -1,0 +1,252 @@
+"""Activation importance: planted weak units rank last, groups are respected, results are reproducible."""
+
+import json
+
+import pytest
+import torch
+
+from nemocompress import api
+from nemocompress.arch import get_adapter
+from nemocompress.cli import main
+from nemocompress.importance.activation import ActivationCollector
+from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores, layer_stats
+from nemocompress.importance.scoring import activation_scores, flap_scores
+from nemocompress.prune.minitron import plan_from_targets
+from nemocompress.zoo import save_zoo_checkpoint, zoo_model
+
+BATCHES = [torch.randint(2, 98, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+
+def _scores(model, **kwargs):
+    adapter = get_adapter(model.config)
+    stats = ActivationCollector(model, adapter).collect(BATCHES)
+    return activation_scores(adapter.score_sites(model.config), stats, **kwargs), stats
+
+
+def test_planted_weak_units_rank_last():
+    model = zoo_model("nemotron_h-hybrid")
+    p = model.config.mamba_head_dim
+    inner = model.config.mamba_num_heads * p
+    with torch.no_grad():
+        model.model.layers[0].mixer.in_proj.weight[inner + 6 * p : inner + 7 * p] *= 1e-4  # x of Mamba head 6
+        model.model.layers[3].mixer.in_proj.weight[inner + 2 :: p][:8] *= 1e-4  # channel 2 of every x head
+        model.model.layers[2].mixer.up_proj.weight[40] *= 1e-4  # MLP neuron 40
+        model.model.layers[4].mixer.experts.down_proj[1] *= 1e-4  # expert 1's output
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") and param.shape == (64,):
+                param[11] *= 1e-4  # hidden channel 11 at every norm
+    scores, _ = _scores(model)
+    assert scores["layers.0.mamba_heads"].argmin() == 6
+    assert scores["layers.3.mamba_head_dim"].argmin() == 2
+    assert scores["layers.2.mlp"].argmin() == 40
+    assert scores["layers.4.experts"].argmin() == 1
+    assert scores["hidden"].argmin() == 11
+
+
+def test_mamba_heads_are_kept_per_group_and_never_move():
+    model = zoo_model("nemotron_h-hybrid")
+    scores, _ = _scores(model)
+    scores["layers.0.mamba_heads"] = torch.tensor([9.0, 8, 7, 6, 0, 0, 0, 1])  # global top-4 all in group 0
+    plan = plan_from_targets(model.config, {"mamba_num_heads": 4}, scores)
+    assert plan.kept["layers.0.mamba_heads"] == [0, 1, 6, 7]
+
+
+def test_scores_are_deterministic():
+    model = zoo_model("qwen3_moe")
+    a, stats_a = _scores(model)
+    b, stats_b = _scores(model)
+    for key in stats_a:
+        for name in stats_a[key]:
+            assert torch.equal(stats_a[key][name], stats_b[key][name])
+
+
+@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "mamba2", "qwen3_moe", "mixtral", "llama"])
+def test_every_axis_gets_a_score_from_every_method(name):
+    model = zoo_model(name)
+    adapter = get_adapter(model.config)
+    stats = ActivationCollector(model, adapter).collect(BATCHES)
+    width_axes = {a.name: a.size for a in adapter.axes(model.config) if a.kind != "depth"}
+    for scores in (
+        activation_scores(adapter.score_sites(model.config), stats),
+        activation_scores(adapter.score_sites(model.config), stats, batch_agg="var", choices={"mamba": "z"}),
+        flap_scores(adapter.score_sites(model.config), stats),
+    ):
+        assert {k: len(v) for k, v in scores.items()} == width_axes
+
+
+def _identity_layer(model, name):
+    """Zero the output projections of layer 2, so that the block returns its input."""
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if ".layers.2." in pname and any(k in pname for k in ("down_proj", "o_proj", "out_proj")):
+                param.zero_()
+
+
+@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "llama"])
+def test_layer_metrics_are_zero_for_an_identity_layer(name):
+    model = zoo_model(name)
+    _identity_layer(model, name)
+    scores = finalize_layer_scores(layer_stats(model, get_adapter(model.config), BATCHES))
+    assert set(scores) == set(LAYER_METRICS)
+    for metric, values in scores.items():
+        assert abs(values[2]) < 1e-6, metric
+        assert values.abs().max() > 1e-3, metric
+
+
+def test_window_scores_equal_bypassing_the_window():
+    from nemocompress.arch.masking import bypass_layers
+
+    model = zoo_model("nemotron_h-hybrid")
+    adapter = get_adapter(model.config)
+    nmse = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=2))["nmse"]
+    with torch.no_grad():
+        full = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
+        with bypass_layers(model, adapter, [3, 4]):
+            part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
+    expected = (full - part).pow(2).sum() / full.pow(2).sum()
+    torch.testing.assert_close(nmse[3], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    save_zoo_checkpoint("nemotron_h-hybrid", root / "model")
+    data = root / "text.txt"
+    data.write_text(
+        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
+    )
+    return root
+
+
+def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
+    model, data = calibrated / "model", calibrated / "text.txt"
+    export = {
+        "hidden_size": 48,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 6,
+        "ffn_hidden_size": 64,
+        "num_layers": 5,
+    }
+    flags = ["--samples", "6", "--seq-len", "32"]
+    assert main(["importance", str(model), "--data", str(data), "-o", str(tmp_path / "scores"), *flags]) == 0
+    assert (tmp_path / "scores" / "plots" / "layers_nmse.png").is_file()
+    export_json = json.dumps(export)
+    assert (
+        main(
+            [
+                "prune",
+                str(model),
+                "-o",
+                str(tmp_path / "a"),
+                "--scores",
+                str(tmp_path / "scores"),
+                "--export-config",
+                export_json,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                str(model),
+                "-o",
+                str(tmp_path / "b"),
+                "--data",
+                str(data),
+                *flags,
+                "--export-config",
+                export_json,
+            ]
+        )
+        == 0
+    )
+    plan_a = json.loads((tmp_path / "a" / "nemocompress_plan.json").read_text())
+    plan_b = json.loads((tmp_path / "b" / "nemocompress_plan.json").read_text())
+    assert plan_a == plan_b
+
+
+def test_scores_for_another_model_are_refused(calibrated, tmp_path, capsys):
+    save_zoo_checkpoint("llama", tmp_path / "other")
+    assert (
+        main(
+            [
+                "importance",
+                str(calibrated / "model"),
+                "--data",
+                str(calibrated / "text.txt"),
+                "-o",
+                str(tmp_path / "s"),
+                "--samples",
+                "4",
+                "--seq-len",
+                "16",
+            ]
+        )
+        == 0
+    )
+    code = main(
+        [
+            "prune",
+            str(tmp_path / "other"),
+            "-o",
+            str(tmp_path / "o"),
+            "--scores",
+            str(tmp_path / "s"),
+            "--export-config",
+            '{"hidden_size": 32}',
+        ]
+    )
+    assert code == 2
+    assert "another model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [(None, "no text files"), ("", "empty"), ("short", "fewer than one sample")],
+)
+def test_bad_calibration_data(calibrated, tmp_path, capsys, content, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    if content is not None:
+        (data / "a.txt").write_text(content)
+    code = main(
+        [
+            "importance",
+            str(calibrated / "model"),
+            "--data",
+            str(data),
+            "-o",
+            str(tmp_path / "s"),
+            "--seq-len",
+            "64",
+        ]
+    )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_activation_needs_data_or_scores(calibrated, tmp_path, capsys):
+    code = main(
+        [
+            "prune",
+            str(calibrated / "model"),
+            "-o",
+            str(tmp_path / "o"),
+            "--importance",
+            "activation",
+            "--export-config",
+            '{"hidden_size": 32}',
+        ]
+    )
+    assert code == 2
+    assert "--scores" in capsys.readouterr().err
+
+
+def test_api_importance_without_output_returns_scores(calibrated):
+    options = api.ImportanceOptions(samples=4, seq_len=16)
+    result = api.importance(calibrated / "model", calibrated / "text.txt", options=options, progress=False)
+    assert "hidden" in result.unit_scores()
+    assert "nmse" in result.layer_scores()

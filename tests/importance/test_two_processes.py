@@ -1,0 +1,40 @@
+"""Two CPU processes (gloo, through accelerate) give the same statistics as one."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from nemocompress.arch import get_adapter
+from nemocompress.importance.artifact import ImportanceArtifact
+from nemocompress.importance.calibrate import calibrate
+from nemocompress.zoo import zoo_model
+
+SCRIPT = Path(__file__).with_name("dist_calibrate.py")
+
+
+def test_two_processes_equal_one(tmp_path):
+    name = "nemotron_h-hybrid"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    done = subprocess.run(
+        [*cmd, str(SCRIPT), str(tmp_path / "two"), name], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = ImportanceArtifact.load(tmp_path / "two")
+    model = zoo_model(name)
+    samples = torch.randint(2, 98, (8, 24), generator=torch.Generator().manual_seed(0))
+    one = calibrate(
+        model, get_adapter(model.config), samples, batch_size=2, block_sizes=(1, 2), progress=False
+    )
+    assert one.stats.keys() == two.stats.keys()
+    for key, stats in one.stats.items():
+        for stat, value in stats.items():
+            torch.testing.assert_close(two.stats[key][stat], value, rtol=1e-9, atol=1e-9, msg=f"{key}/{stat}")
+    for window, stats in one.layers.items():
+        for stat, value in stats.items():
+            torch.testing.assert_close(
+                two.layers[window][stat], value, rtol=1e-9, atol=1e-9, msg=f"{window}/{stat}"
+            )
