@@ -171,7 +171,15 @@ def importance(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     meta = describe_run(config, str(data), {**options.to_dict(), "block_sizes": list(block_sizes)})
     artifact = calibrate(
-        model, adapter, samples, options.batch_size, block_sizes, options.seq_agg, progress, meta
+        model,
+        adapter,
+        samples,
+        batch_size=options.batch_size,
+        block_sizes=block_sizes,
+        seq_agg=options.seq_agg,
+        token_moments=options.ranking == "flap",
+        progress=progress,
+        meta=meta,
     )
     result = ImportanceResult(artifact, config, options, [])
     if output_dir is not None and PartialState().is_main_process:

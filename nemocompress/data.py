@@ -7,6 +7,7 @@ input_ids = pack_tokens(tokenizer, train_texts, seq_len=512, num_samples=256)  #
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -23,6 +24,9 @@ __all__ = ["DataError", "TEXT_SUFFIXES", "calibration_samples", "load_texts", "p
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
 JSONL_SUFFIX = ".jsonl"
+PARQUET_SUFFIX = ".parquet"
+DATA_SUFFIXES = TEXT_SUFFIXES + (JSONL_SUFFIX, PARQUET_SUFFIX)
+DATA_EXTRA_HINT = 'pip install "nemocompress[data]"'
 
 
 class DataError(NemocompressError, ValueError):
@@ -38,33 +42,45 @@ def load_texts(path: str | os.PathLike, tokenizer: Any = None, text_field: str =
     - a ``.jsonl`` file: one document per line, taken from the ``text_field`` string field, or from a
       chat ``messages`` list (``[{"role": ..., "content": ...}, ...]``) rendered with
       ``tokenizer.apply_chat_template`` (so chat records need a ``tokenizer`` with a chat template);
-    - a folder: every text and ``.jsonl`` file below it, recursively, in sorted path order,
-      skipping hidden files and folders.
+    - a ``.parquet`` file: one document per row, from the ``text_field`` string column or else a chat
+      ``messages`` column, as for ``.jsonl`` (null cells count as empty documents);
+    - a Hugging Face ``datasets`` folder written by ``Dataset.save_to_disk`` (one document per row, as
+      for ``.parquet``) or ``DatasetDict.save_to_disk`` (its ``"train"`` split is used);
+    - a folder: every text, ``.jsonl`` and ``.parquet`` file and every saved ``datasets`` folder below
+      it, recursively, in sorted path order, skipping hidden files and folders.
 
-    Files must be UTF-8. Raises ``DataError`` for a missing path, an unsupported file type, unreadable
-    or non-UTF-8 files, malformed JSON lines, records without the field, and when no text is found.
+    Text files must be UTF-8. ``.parquet`` files and ``datasets`` folders need the optional ``pyarrow``
+    and ``datasets`` packages (``pip install "nemocompress[data]"``). Raises ``DataError`` for a
+    missing path, an unsupported file type, unreadable or non-UTF-8 files, malformed JSON lines,
+    records or tables without the field, a ``DatasetDict`` without a train split, a missing optional
+    package, and when no text is found.
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path} does not exist: pass a .txt or .jsonl file or a folder of text files")
-    if path.is_dir():
-        files = _data_files(path)
-        if not files:
+        raise DataError(
+            f"{path} does not exist: pass a .txt, .jsonl or .parquet file, a saved datasets folder "
+            "or a folder of text files"
+        )
+    if path.is_dir() and not _is_saved_dataset(path):
+        sources = _data_sources(path)
+        if not sources:
             raise DataError(
-                f"{path} holds no text files ({', '.join(TEXT_SUFFIXES + (JSONL_SUFFIX,))}): "
+                f"{path} holds no text files ({', '.join(DATA_SUFFIXES)}) and no saved datasets folder: "
                 "point at a folder or file that holds the text"
             )
     else:
-        if path.suffix not in TEXT_SUFFIXES + (JSONL_SUFFIX,):
+        if not path.is_dir() and path.suffix not in DATA_SUFFIXES:
             raise DataError(
                 f"{path} has an unsupported type {path.suffix or '(no suffix)'!r}: use a text file "
-                f"({', '.join(TEXT_SUFFIXES)}), a .jsonl file with a {text_field!r} or 'messages' field, "
-                "or a folder of them"
+                f"({', '.join(TEXT_SUFFIXES)}), a .jsonl or .parquet file with a {text_field!r} or "
+                "'messages' field, a folder saved with datasets' save_to_disk, or a folder of them"
             )
-        files = [path]
-    texts = [text for f in files for text in _load_file(f, tokenizer, text_field) if text.strip()]
+        sources = [path]
+    documents = [doc for source in sources for doc in _load_source(source, tokenizer, text_field)]
+    texts = [text for text in documents if text.strip()]
     if not texts:
-        raise DataError(f"{path} holds no text (every document is empty): add text or point elsewhere")
+        why = "every document is empty" if documents else "no documents: no rows, lines or text"
+        raise DataError(f"{path} holds no text ({why}): add text or point elsewhere")
     return texts
 
 
@@ -159,15 +175,35 @@ def _split_document(text: str, heldout_fraction: float) -> tuple[list[str], list
     return [train], [heldout]
 
 
-def _data_files(folder: Path) -> list[Path]:
-    suffixes = TEXT_SUFFIXES + (JSONL_SUFFIX,)
-    return sorted(
-        f
-        for f in folder.rglob("*")
-        if f.is_file()
-        and f.suffix in suffixes
-        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+def _data_sources(folder: Path) -> list[Path]:
+    """Data files and saved ``datasets`` folders below ``folder`` (not inside those), sorted."""
+    entries = [
+        e for e in folder.rglob("*") if not any(part.startswith(".") for part in e.relative_to(folder).parts)
+    ]
+    datasets_dirs = [e for e in entries if e.is_dir() and _is_saved_dataset(e)]
+    files = [
+        e
+        for e in entries
+        if e.is_file() and e.suffix in DATA_SUFFIXES and not any(d in e.parents for d in datasets_dirs)
+    ]
+    # a DatasetDict's split folders are saved datasets themselves: keep only the outermost folder
+    datasets_dirs = [d for d in datasets_dirs if not any(o in d.parents for o in datasets_dirs)]
+    return sorted(files + datasets_dirs)
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
     )
+
+
+def _load_source(path: Path, tokenizer: Any, text_field: str) -> list[str]:
+    if path.is_dir():
+        return _load_saved_dataset(path, tokenizer, text_field)
+    if path.suffix == PARQUET_SUFFIX:
+        return _load_parquet(path, tokenizer, text_field)
+    return _load_file(path, tokenizer, text_field)
 
 
 def _load_file(path: Path, tokenizer: Any, text_field: str) -> list[str]:
@@ -178,6 +214,90 @@ def _load_file(path: Path, tokenizer: Any, text_field: str) -> list[str]:
         _record_text(line, f"{path}:{lineno}", tokenizer, text_field)
         for lineno, line in enumerate(text.split("\n"), start=1)
         if line.strip()
+    ]
+
+
+def _import_optional(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        package = module.split(".")[0]
+        raise DataError(f"reading {what} needs the {package!r} package: {DATA_EXTRA_HINT}") from e
+
+
+def _load_parquet(path: Path, tokenizer: Any, text_field: str) -> list[str]:
+    pa = _import_optional("pyarrow", f"{path}")
+    pq = _import_optional("pyarrow.parquet", f"{path}")
+    try:
+        parquet = pq.ParquetFile(path)
+        column = _pick_column(parquet.schema_arrow, str(path), text_field)
+        table = parquet.read(columns=[column])
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(
+            f"cannot read {path} as parquet ({e}): check that it is a complete parquet file, or re-export it"
+        ) from e
+    return _table_texts(table, column, str(path), tokenizer, text_field)
+
+
+def _load_saved_dataset(path: Path, tokenizer: Any, text_field: str) -> list[str]:
+    what = f"the saved datasets folder {path}"
+    pa = _import_optional("pyarrow", what)
+    datasets = _import_optional("datasets", what)
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(
+            f"cannot read {what} ({e}): check that it was written completely by save_to_disk, "
+            "or save it again"
+        ) from e
+    where = str(path)
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            splits = sorted(dataset)
+            example = f" (e.g. {path / splits[0]})" if splits else ""
+            raise DataError(
+                f"{path} is a DatasetDict with splits {splits} but no 'train' split: "
+                f"point at one split's folder{example} instead"
+            )
+        dataset, where = dataset["train"], f"{path} (train split)"
+    column = _pick_column(dataset.features.arrow_schema, where, text_field)
+    table = dataset.select_columns([column]).with_format("arrow")[:]
+    return _table_texts(table, column, where, tokenizer, text_field)
+
+
+def _pick_column(schema: Any, where: str, text_field: str) -> str:
+    """The column to read: ``text_field`` (which must hold strings) or else ``messages``."""
+    import pyarrow as pa
+
+    if text_field in schema.names:
+        kind = schema.field(text_field).type
+        value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (
+            pa.types.is_string(value_kind)
+            or pa.types.is_large_string(value_kind)
+            or getattr(pa.types, "is_string_view", lambda _: False)(value_kind)
+        ):
+            raise DataError(
+                f"{where}: column {text_field!r} holds {kind}, expected strings: "
+                "pass text_field= naming the column that holds the text"
+            )
+        return text_field
+    if "messages" in schema.names:
+        return "messages"
+    raise DataError(
+        f"{where} has neither a {text_field!r} nor a 'messages' column (its columns are {list(schema.names)}): "
+        "pass text_field= naming the column that holds the text"
+    )
+
+
+def _table_texts(table: Any, column: str, where: str, tokenizer: Any, text_field: str) -> list[str]:
+    values = table.column(column).to_pylist()
+    if column == text_field:
+        return [value for value in values if value is not None]
+    return [
+        _render_messages(messages, f"{where} row {row}", tokenizer)
+        for row, messages in enumerate(values)
+        if messages is not None
     ]
 
 

@@ -37,7 +37,8 @@ class ActivationCollector:
 
     - ``sum_a``, ``sum_a2``, ``n``: per sample a_b = aggregate over the sequence of |X| ([C]),
       summed over samples, squared and summed, and the sample count (METHODS.md section 1);
-    - ``tok_sum``, ``tok_sumsq``, ``n_tok``: token-level first and second moments (for FLAP's variance);
+    - with ``token_moments``: ``tok_sum``, ``tok_sumsq``, ``n_tok``, token-level first and second moments
+      (FLAP's variance; off by default since they cost a pass over every activation);
     - ``wcol2``: squared column norms of the site's output projection (for FLAP), when it has one;
     - for fused experts: ``reap``, ``routed``, ``out_norm`` per expert and the expert-neuron moments.
 
@@ -45,10 +46,12 @@ class ActivationCollector:
     sequence.
     """
 
-    def __init__(self, model: nn.Module, adapter: Adapter, seq_agg: str = "mean"):
+    def __init__(
+        self, model: nn.Module, adapter: Adapter, seq_agg: str = "mean", token_moments: bool = False
+    ):
         if seq_agg not in SEQ_AGGREGATIONS:
             raise ValueError(f"seq_agg must be one of {SEQ_AGGREGATIONS}, got {seq_agg!r}")
-        self.model, self.seq_agg = model, seq_agg
+        self.model, self.seq_agg, self.token_moments = model, seq_agg, token_moments
         self.sites = adapter.score_sites(model.config)
         self.stats: Stats = {}
         self._hooks: list = []
@@ -96,42 +99,50 @@ class ActivationCollector:
         if x.ndim == 2:
             x = x[None]
         per_sample = x.abs().mean(1) if self.seq_agg == "mean" else x.pow(2).mean(1).sqrt()
-        tokens = x.reshape(-1, x.shape[-1])
-        self._add(
-            site.key,
-            sum_a=per_sample.sum(0),
-            sum_a2=per_sample.pow(2).sum(0),
-            n=torch.tensor(float(x.shape[0])),
-            tok_sum=tokens.sum(0),
-            tok_sumsq=tokens.pow(2).sum(0),
-            n_tok=torch.tensor(float(tokens.shape[0])),
-        )
+        n = torch.tensor(float(x.shape[0]))
+        self._add(site.key, sum_a=per_sample.sum(0), sum_a2=per_sample.pow(2).sum(0), n=n)
+        if self.token_moments:
+            tokens = x.reshape(-1, x.shape[-1])
+            n_tok = torch.tensor(float(tokens.shape[0]))
+            self._add(site.key, tok_sum=tokens.sum(0), tok_sumsq=tokens.pow(2).sum(0), n_tok=n_tok)
 
     @torch.no_grad()
     def _experts(self, site: ScoreSite, module: nn.Module, args, kwargs) -> None:
-        """REAP, routing frequency, output norm per expert, and expert-neuron moments (shared ranking)."""
+        """REAP, routing frequency, output norm per expert, and expert-neuron moments (shared ranking).
+
+        Each routed (token, expert) pair is recomputed once, tokens grouped by expert.
+        """
         hidden, index, weights = (list(args) + [kwargs.get(k) for k in ("top_k_index", "top_k_weights")])[:3]
         up_name, down_name = site.param_names
         up, down = getattr(module, up_name), getattr(module, down_name)
-        num_experts, width = up.shape[0], down.shape[-1]
-        reap, routed, out_norm = (torch.zeros(num_experts, dtype=torch.float64) for _ in range(3))
-        sum_a, sum_a2 = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
-        for e in range(num_experts):
-            token, slot = torch.where(index == e)
-            if len(token) == 0:
+        num_experts = up.shape[0]
+        flat = index.reshape(-1)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=num_experts).tolist()
+        tokens = order // index.shape[-1]
+        gates = weights.reshape(-1)[order].float()
+        reap, out_norm = torch.zeros(num_experts), torch.zeros(num_experts)
+        sum_a = torch.zeros(down.shape[-1], device=hidden.device)
+        sum_a2 = torch.zeros_like(sum_a)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
                 continue
-            h = F.linear(hidden[token], up[e])
+            rows = tokens[start : start + n]
+            h = F.linear(hidden[rows], up[e])
             if site.gated:
                 gate, lin = h.chunk(2, dim=-1)
                 h = module.act_fn(gate) * lin
             else:
                 h = module.act_fn(h)
-            norm = F.linear(h, down[e]).float().norm(dim=-1).double().cpu()
-            g = weights[token, slot].double().cpu()
-            reap[e], routed[e], out_norm[e] = (g * norm).sum(), len(token), norm.sum()
-            h = h.double().cpu()
+            norm = F.linear(h, down[e]).float().norm(dim=-1)
+            reap[e] = (gates[start : start + n] * norm).sum().cpu()
+            out_norm[e] = norm.sum().cpu()
+            h = h.float()
             sum_a += h.abs().sum(0)
             sum_a2 += h.pow(2).sum(0)
+            start += n
+        routed = torch.tensor(counts, dtype=torch.float64)
         self._add(
             site.key, reap=reap, routed=routed, out_norm=out_norm, sum_a=sum_a, sum_a2=sum_a2, n=routed.sum()
         )

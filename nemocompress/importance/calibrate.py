@@ -42,13 +42,14 @@ def calibrate(
     batch_size: int = 4,
     block_sizes: Sequence[int] = (1,),
     seq_agg: str = "mean",
+    token_moments: bool = False,
     progress: bool = True,
     meta: dict | None = None,
 ) -> ImportanceArtifact:
     """Collect everything importance needs from ``samples`` ``[N, S]`` (token ids).
 
-    Returns summed statistics: per score site (for width scores) and per layer window size in
-    ``block_sizes`` (for depth scores).
+    Returns summed statistics: per score site (for width scores; ``token_moments`` adds what FLAP
+    needs) and per layer window size in ``block_sizes`` (for depth scores).
     """
     state = PartialState()
     batches = list(samples.split(batch_size))[state.process_index :: state.num_processes]
@@ -58,7 +59,7 @@ def calibrate(
         desc="importance",
         disable=not (progress and state.is_main_process),
     )
-    stats: Stats = ActivationCollector(model, adapter, seq_agg).collect(batches, progress=bar)
+    stats: Stats = ActivationCollector(model, adapter, seq_agg, token_moments).collect(batches, progress=bar)
     layers: dict[int, LayerStats] = {
         k: layer_stats(model, adapter, batches, window=k, progress=bar) for k in block_sizes
     }

@@ -96,28 +96,32 @@ def layer_stats(
         for h in hooks:
             h.remove()
         log_p = F.log_softmax(full, -1)
-        labels = batch[:, 1:]
-        full_ce = F.cross_entropy(full[:, :-1].flatten(0, 1), labels.flatten(), reduction="sum")
-        tokens = full.shape[0] * full.shape[1]
+        p = log_p.exp()
+        entropy_term = (p * log_p).sum()  # sum p log p, the same for every window
+        labels = batch[:, 1:, None]
+        full_ce = -log_p[:, :-1].gather(-1, labels).sum()
+        n = len(starts)
+        constants = {
+            "nmse_den": full.pow(2).sum(),
+            "kl_den": torch.tensor(full.shape[0] * full.shape[1]),
+            "hidden_mse_den": torch.tensor(full_h.numel()),
+            "lm_loss_den": torch.tensor(labels.numel()),
+        }
         for w in starts:
             first, last = remaining[w], remaining[w + window - 1]
             skip = (set(range(last)) | set(dropped)) - {last}
             with _patched(layers, skip, {last: inputs[first]}):
                 part, part_h = _forward(model, batch, lm_head)
-            n = len(starts)
+            log_q = F.log_softmax(part, -1)
             _add(stats, "nmse_num", w, n, (full - part).pow(2).sum())
-            _add(stats, "nmse_den", w, n, full.pow(2).sum())
-            kl = (log_p.exp() * (log_p - F.log_softmax(part, -1))).sum()
-            _add(stats, "kl_num", w, n, kl)
-            _add(stats, "kl_den", w, n, torch.tensor(tokens))
+            _add(stats, "kl_num", w, n, entropy_term - (p * log_q).sum())
             _add(stats, "hidden_mse_num", w, n, (full_h - part_h).pow(2).sum())
-            _add(stats, "hidden_mse_den", w, n, torch.tensor(full_h.numel()))
-            ce = F.cross_entropy(part[:, :-1].flatten(0, 1), labels.flatten(), reduction="sum")
-            _add(stats, "lm_loss_num", w, n, ce - full_ce)
-            _add(stats, "lm_loss_den", w, n, torch.tensor(labels.numel()))
+            _add(stats, "lm_loss_num", w, n, -log_q[:, :-1].gather(-1, labels).sum() - full_ce)
             cos = F.cosine_similarity(inputs[first].float(), outputs[last].float(), dim=-1)
             _add(stats, "cosine_num", w, n, (1 - cos).sum())
             _add(stats, "cosine_den", w, n, torch.tensor(cos.numel()))
+            for name, value in constants.items():
+                _add(stats, name, w, n, value)
         if progress is not None:
             progress.update(1)
     return stats

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..arch import ScoreSite
+from ..errors import NemocompressError
 from .activation import Stats
 
 __all__ = [
@@ -126,6 +127,10 @@ def flap_scores(sites: Sequence[ScoreSite], stats: Stats, expert_metric: str = "
             continue
         if site.choice is not None and site.weight is None:
             continue  # FLAP scores Mamba from out_proj's input, not from in_proj's branches
+        if "n_tok" not in s:
+            raise NemocompressError(
+                "these statistics hold no token moments for FLAP; recompute them with --importance flap"
+            )
         n = s["n_tok"].clamp(min=1)
         variance = (s["tok_sumsq"] / n - (s["tok_sum"] / n).pow(2)).clamp(min=0)
         channels = variance * s["wcol2"] if "wcol2" in s else variance

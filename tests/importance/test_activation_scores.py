@@ -64,7 +64,7 @@ def test_scores_are_deterministic():
 def test_every_axis_gets_a_score_from_every_method(name):
     model = zoo_model(name)
     adapter = get_adapter(model.config)
-    stats = ActivationCollector(model, adapter).collect(BATCHES)
+    stats = ActivationCollector(model, adapter, token_moments=True).collect(BATCHES)
     width_axes = {a.name: a.size for a in adapter.axes(model.config) if a.kind != "depth"}
     for scores in (
         activation_scores(adapter.score_sites(model.config), stats),
@@ -226,6 +226,40 @@ def test_bad_calibration_data(calibrated, tmp_path, capsys, content, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_flap_needs_token_moments(calibrated, tmp_path, capsys):
+    flags = ["--samples", "4", "--seq-len", "16"]
+    assert (
+        main(
+            [
+                "importance",
+                str(calibrated / "model"),
+                "--data",
+                str(calibrated / "text.txt"),
+                "-o",
+                str(tmp_path / "s"),
+                *flags,
+            ]
+        )
+        == 0
+    )
+    code = main(
+        [
+            "prune",
+            str(calibrated / "model"),
+            "-o",
+            str(tmp_path / "o"),
+            "--scores",
+            str(tmp_path / "s"),
+            "--importance",
+            "flap",
+            "--export-config",
+            '{"hidden_size": 32}',
+        ]
+    )
+    assert code == 2
+    assert "--importance flap" in capsys.readouterr().err
 
 
 def test_activation_needs_data_or_scores(calibrated, tmp_path, capsys):

@@ -1,0 +1,102 @@
+"""Importance cost, measured in one run against plain forward passes over the same batches.
+
+- width scores: one pass with the activation hooks vs a plain forward pass (target <= 1.15x);
+- layer scores for every layer: time in full-forward equivalents (target <= 0.6 L, L = number of layers).
+
+    python benchmarks/bench_importance.py                       # a NemotronH-style hybrid (random weights)
+    python benchmarks/bench_importance.py --model DIR           # any supported checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from nemocompress.arch import get_adapter
+from nemocompress.importance.activation import ActivationCollector
+from nemocompress.importance.depth import layer_stats
+from nemocompress.report import format_table
+
+HYBRID = dict(
+    vocab_size=4096, hidden_size=192, head_dim=32, intermediate_size=512, num_attention_heads=6, num_key_value_heads=2,
+    layers_block_type=["mamba", "mlp", "mamba", "attention", "mamba", "moe", "mamba", "mlp"],
+    mamba_num_heads=8, mamba_head_dim=24, n_groups=2, ssm_state_size=16, chunk_size=64,
+    n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128, moe_shared_expert_intermediate_size=256,
+)  # fmt: skip
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="checkpoint directory (default: a random NemotronH hybrid)"
+    )
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.model:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("nemotron_h", **HYBRID))
+    model.eval()
+    adapter = get_adapter(model.config)
+    vocab = model.config.vocab_size
+    batches = [torch.randint(0, vocab, (args.batch_size, args.seq_len)) for _ in range(args.batches)]
+
+    @torch.no_grad()
+    def plain():
+        for b in batches:
+            model(b, use_cache=False)
+
+    def hooked():
+        ActivationCollector(model, adapter).collect(batches)
+
+    def layers():
+        layer_stats(model, adapter, batches)
+
+    plain()  # warm up
+    t_plain = best_time(plain, args.repeats)
+    t_hooked = best_time(hooked, args.repeats)
+    t_layers = best_time(layers, 1)
+    num_layers = adapter.num_layers(model.config)
+    equivalents = t_layers / t_plain
+    rows = [
+        ["plain forward", f"{t_plain:.2f}", "1.00x", ""],
+        [
+            "width scores (hooks)",
+            f"{t_hooked:.2f}",
+            f"{t_hooked / t_plain:.2f}x",
+            "PASS" if t_hooked / t_plain <= 1.15 else "FAIL",
+        ],
+        [
+            f"all {num_layers} layer scores",
+            f"{t_layers:.2f}",
+            f"{equivalents:.2f} forwards = {equivalents / num_layers:.2f} L",
+            "PASS" if equivalents <= 0.6 * num_layers else "FAIL",
+        ],
+    ]
+    tokens = args.batches * args.batch_size * args.seq_len
+    print(
+        f"{model.config.model_type}, {num_layers} layers, {tokens} tokens, best of {args.repeats}, {torch.get_num_threads()} threads"
+    )
+    print(format_table(rows, ["", "seconds", "vs plain forward", "target"]))
+
+
+if __name__ == "__main__":
+    main()
