@@ -30,7 +30,9 @@ def top_units(scores: torch.Tensor, count: int, groups: int = 1) -> list[int]:
     return sorted(kept)
 
 
-def plan_from_targets(config, targets: Mapping[str, int], scores: Mapping[str, torch.Tensor]) -> Plan:
+def plan_from_targets(
+    config, targets: Mapping[str, int], scores: Mapping[str, torch.Tensor], group_aware: bool = True
+) -> Plan:
     """Keep the best units of each axis to reach ``targets``.
 
     Args:
@@ -38,6 +40,8 @@ def plan_from_targets(config, targets: Mapping[str, int], scores: Mapping[str, t
             ``mamba_num_heads``, ``mamba_head_dim``, ``num_moe_experts``, ``moe_ffn_hidden_size``,
             ``moe_shared_expert_intermediate_size``, ``num_layers``) -> new size (per layer for widths).
         scores: axis name -> [units] importance (higher = keep), e.g. from importance/.
+        group_aware: rank units inside their groups (default). ``False`` ranks globally and lets units move
+            between groups: the naive baseline of the Minitron-SSM ablation, never what users should get.
     """
     adapter = get_adapter(config)
     unknown = sorted(set(targets) - set(adapter.export_keys))
@@ -67,5 +71,5 @@ def plan_from_targets(config, targets: Mapping[str, int], scores: Mapping[str, t
                 raise PlanError(
                     f"{key}={count} is not a multiple of {axis.groups}: {why}; pick a multiple of {axis.groups}"
                 )
-            kept[axis.name] = top_units(scores[axis.name], count, axis.groups)
-    return make_plan(config, kept, adapter)
+            kept[axis.name] = top_units(scores[axis.name], count, axis.groups if group_aware else 1)
+    return make_plan(config, kept, adapter, strict_groups=group_aware)

@@ -91,7 +91,7 @@ def _axis_sizes(axes: Sequence[Axis]) -> dict[str, int]:
     return {a.name: a.size for a in axes}
 
 
-def _validate_kept(axis: Axis, kept: Sequence[int]) -> list[int]:
+def _validate_kept(axis: Axis, kept: Sequence[int], strict_groups: bool = True) -> list[int]:
     kept = [int(i) for i in kept]
     if not kept:
         raise PlanError(f"axis {axis.name} keeps no unit; keep at least one per group")
@@ -100,7 +100,7 @@ def _validate_kept(axis: Axis, kept: Sequence[int]) -> list[int]:
     if kept[0] < 0 or kept[-1] >= axis.size:
         raise PlanError(f"axis {axis.name}: kept indices must lie in [0, {axis.size})")
     counts = [sum(1 for i in kept if i // axis.group_size == g) for g in range(axis.groups)]
-    if len(set(counts)) != 1:
+    if strict_groups and len(set(counts)) != 1:
         raise PlanError(
             f"axis {axis.name}: units form {axis.groups} groups of {axis.group_size} and every group must keep the "
             f"same count (got {counts}); choose a count that is a multiple of {axis.groups}"
@@ -108,18 +108,22 @@ def _validate_kept(axis: Axis, kept: Sequence[int]) -> list[int]:
     return kept
 
 
-def make_plan(config, kept: Mapping[str, Sequence[int]], adapter: Adapter | None = None) -> Plan:
+def make_plan(
+    config, kept: Mapping[str, Sequence[int]], adapter: Adapter | None = None, strict_groups: bool = True
+) -> Plan:
     """Validate kept indices against ``config`` and derive the new config.
 
     Widths must end up uniform per axis kind (stock configs carry one value per field): a plan that keeps
     40 neurons in one MLP layer and 48 in another is an error, not a silent reshuffle.
+    ``strict_groups=False`` lets units change group (for the naive-ranking ablation only: the sliced model
+    then computes something else, and masking no longer equals slicing).
     """
     adapter = adapter or get_adapter(config)
     axes = adapter.axis_map(config)
     unknown = sorted(set(kept) - set(axes))
     if unknown:
         raise PlanError(f"unknown axes {unknown[:5]}; this model's axes are e.g. {sorted(axes)[:6]}")
-    clean = {name: _validate_kept(axes[name], idx) for name, idx in kept.items()}
+    clean = {name: _validate_kept(axes[name], idx, strict_groups) for name, idx in kept.items()}
     clean = {name: idx for name, idx in clean.items() if len(idx) < axes[name].size}
     layers = clean.get("layers", list(range(adapter.num_layers(config))))
     sizes: dict[str, set[int]] = {}
