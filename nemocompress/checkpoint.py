@@ -25,7 +25,6 @@ __all__ = [
     "TensorInfo",
     "load_config",
     "list_tensors",
-    "read_tensor",
     "read_rows",
     "SafetensorsWriter",
     "atomic_output_dir",
@@ -190,10 +189,6 @@ def read_rows(
                 raise _corrupt(info.file, f"short read in {info.key}")
             pos += n
     return out if info.shape else out.reshape(())
-
-
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    return read_rows(info)
 
 
 def _runs(rows: torch.Tensor) -> Iterator[tuple[int, int]]:

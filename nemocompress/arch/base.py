@@ -11,6 +11,7 @@ importance/, prune/ and elastic/ consume these lists and never ask which family 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -322,19 +323,16 @@ class Adapter:
         rest = name[len(prefix) :].split(".", 1)[1]
         return f"{prefix}{new_layer}.{rest}"
 
+    @functools.cached_property
     def _patterns(self) -> list[_DiskPattern]:
-        cached = self.__dict__.get("_compiled")
-        if cached is None:
-            cached = [_DiskPattern(re.compile(rx), mem, part) for rx, mem, part in self.disk_experts]
-            self.__dict__["_compiled"] = cached
-        return cached
+        return [_DiskPattern(re.compile(rx), mem, part) for rx, mem, part in self.disk_experts]
 
     def decode_disk_key(self, key: str) -> tuple[DiskKey, re.Match | None]:
         """Map a checkpoint key to its in-memory parameter (and expert / part), see :class:`DiskKey`."""
         name = key
         for disk, memory in self.disk_renames:
             name = name.replace(disk, memory)
-        for pat in self._patterns():
+        for pat in self._patterns:
             m = pat.disk.fullmatch(name)
             if m:
                 memory = pat.memory.format(layer=m.group(1))

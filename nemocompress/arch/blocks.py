@@ -18,6 +18,7 @@ __all__ = [
     "DEPTH",
     "axis_name",
     "hidden_dim",
+    "embeddings",
     "norm",
     "attention",
     "gated_mlp",
@@ -54,6 +55,12 @@ def hidden_dim(d: int) -> tuple[Segment, ...]:
 
 def _units(n: int, axis: str, width: int = 1) -> tuple[Segment, ...]:
     return (Segment(n * width, outer=axis, inner_size=width),)
+
+
+def embeddings(embed: str, vocab: int, d: int, tied: bool) -> Block:
+    """Input embeddings and the LM head (``lm_head.weight``, tied to ``embed`` or not): hidden columns."""
+    head = TensorSpec("lm_head.weight", (vocab, d), {1: hidden_dim(d)}, tied_to=embed if tied else None)
+    return Block([TensorSpec(embed, (vocab, d), {1: hidden_dim(d)}), head])
 
 
 def norm(name: str, d: int, layer: int | None) -> Block:

@@ -5,16 +5,16 @@ All share pre-norm attention with GQA and RoPE; they differ in biases, q/k norms
 
 from __future__ import annotations
 
-from .base import Adapter, Axis, TensorSpec
+from .base import Adapter, Axis
 from .blocks import (
     DEPTH,
     HIDDEN,
     Block,
     attention,
     axis_name,
+    embeddings,
     fused_experts,
     gated_mlp,
-    hidden_dim,
     norm,
     router,
 )
@@ -84,14 +84,8 @@ class LlamaAdapter(Adapter):
         )
 
     def describe(self, config) -> Block:
-        d, v = config.hidden_size, config.vocab_size
-        tied = "model.embed_tokens.weight" if config.tie_word_embeddings else None
-        block = Block(
-            [
-                TensorSpec("model.embed_tokens.weight", (v, d), {1: hidden_dim(d)}),
-                TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
-            ]
-        )
+        d = config.hidden_size
+        block = embeddings("model.embed_tokens.weight", config.vocab_size, d, config.tie_word_embeddings)
         block += norm("model.norm.weight", d, None)
         qkv_bias, o_bias = self.attention_biases(config)
         for i in range(config.num_hidden_layers):

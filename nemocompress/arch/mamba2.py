@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from ..errors import PlanError
-from .base import Adapter, Axis, TensorSpec
-from .blocks import DEPTH, HIDDEN, Block, axis_name, hidden_dim, mamba2_mixer, mamba2_state_bytes, norm
+from .base import Adapter, Axis
+from .blocks import (
+    DEPTH,
+    HIDDEN,
+    Block,
+    axis_name,
+    embeddings,
+    mamba2_mixer,
+    mamba2_state_bytes,
+    norm,
+)
 
 __all__ = ["Mamba2Adapter"]
 
@@ -41,14 +50,8 @@ class Mamba2Adapter(Adapter):
         return axes
 
     def describe(self, config) -> Block:
-        d, v = config.hidden_size, config.vocab_size
-        tied = "backbone.embeddings.weight" if config.tie_word_embeddings else None
-        block = Block(
-            [
-                TensorSpec("backbone.embeddings.weight", (v, d), {1: hidden_dim(d)}),
-                TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}, tied_to=tied),
-            ]
-        )
+        d = config.hidden_size
+        block = embeddings("backbone.embeddings.weight", config.vocab_size, d, config.tie_word_embeddings)
         block += norm("backbone.norm_f.weight", d, None)
         for i in range(config.num_hidden_layers):
             p = f"backbone.layers.{i}"

@@ -12,6 +12,7 @@ from .blocks import (
     Block,
     attention,
     axis_name,
+    embeddings,
     fused_experts,
     hidden_dim,
     mamba2_mixer,
@@ -120,11 +121,10 @@ class NemotronHAdapter(Adapter):
         return axes
 
     def describe(self, config) -> Block:
-        d, v = config.hidden_size, config.vocab_size
+        d = config.hidden_size
         # NemotronHForCausalLM never ties lm_head to the embeddings, whatever tie_word_embeddings says.
-        outer = [TensorSpec("model.embeddings.weight", (v, d), {1: hidden_dim(d)})]
-        outer.append(TensorSpec("lm_head.weight", (v, d), {1: hidden_dim(d)}))
-        block = Block(outer) + norm("model.norm_f.weight", d, None)
+        block = embeddings("model.embeddings.weight", config.vocab_size, d, tied=False)
+        block += norm("model.norm_f.weight", d, None)
         for i, t in enumerate(config.layers_block_type):
             p = f"model.layers.{i}"
             block += norm(f"{p}.norm.weight", d, i)
