@@ -19,7 +19,7 @@ from .data import calibration_samples
 from .errors import PlanError
 from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
 from .importance.calibrate import calibrate
-from .importance.depth import finalize_layer_scores
+from .importance.depth import finalize_layer_scores, iterative_layer_ranking
 from .importance.options import ImportanceOptions
 from .importance.report import layer_table, plot_scores, score_table
 from .importance.scoring import activation_scores, flap_scores
@@ -150,6 +150,15 @@ class ImportanceResult:
         return f"{units}\n\n{layers}"
 
 
+def _model_and_samples(model_dir, data, options: ImportanceOptions):
+    """The model in float32 and calibration samples ``[N, S]`` from the train split of ``data``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples, _ = calibration_samples(tokenizer, data, options.samples, options.seq_len, options.seed)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), samples
+
+
 def importance(
     model_dir: str | Path,
     data: str | Path,
@@ -160,15 +169,11 @@ def importance(
     progress: bool = True,
 ) -> ImportanceResult:
     """Calibrate on ``data`` (train split only) and, with ``output_dir``, save the scores and PNG plots there."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     config = load_config(model_dir)
     adapter = get_adapter(config)
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=(model_dir,))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    samples, _ = calibration_samples(tokenizer, data, options.samples, options.seq_len, options.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model, samples = _model_and_samples(model_dir, data, options)
     meta = describe_run(config, str(data), {**options.to_dict(), "block_sizes": list(block_sizes)})
     artifact = calibrate(
         model,
@@ -220,13 +225,20 @@ class PruneResult:
         return format_table(rows, ["", "before", "after", "ratio"])
 
 
-def _activation_plan(config, targets: dict, found: ImportanceResult) -> Plan:
-    """Targets -> plan from activation scores; Mamba heads are re-scored on the kept head channels."""
+def _activation_plan(
+    config, targets: dict, found: ImportanceResult, layers: torch.Tensor | None = None
+) -> Plan:
+    """Targets -> plan from activation scores; Mamba heads are re-scored on the kept head channels.
+
+    ``layers``: a layer ranking that overrides the one from ``found`` (iterative selection).
+    """
     adapter = get_adapter(config)
     scores = found.unit_scores()
     depth = targets.get("num_layers")
     if depth is not None:
-        scores["layers"] = _layer_ranking(found, adapter.num_layers(config), depth)
+        scores["layers"] = (
+            layers if layers is not None else _layer_ranking(found, adapter.num_layers(config), depth)
+        )
     head_dim_kind = "mamba_head_dim"
     if head_dim_kind in targets and found.options.ranking == "activation":
         first = plan_from_targets(config, {head_dim_kind: targets[head_dim_kind]}, scores)
@@ -247,9 +259,20 @@ def _layer_ranking(found: ImportanceResult, num_layers: int, keep: int) -> torch
         return ranking
     if o.layer_selection == "iterative":
         raise PlanError(
-            "iterative layer selection needs the model: use nemocompress.importance.depth.iterative_layer_ranking"
+            "--layer-selection iterative re-scores the model as it drops layers: pass --data, not --scores"
         )
     return found.layer_scores(1)[o.layer_metric]
+
+
+def _iterative_layers(model_dir, data, options: ImportanceOptions, keep: int, progress: bool) -> torch.Tensor:
+    """Drop the least important layer, re-score, repeat: a ranking whose top ``keep`` are the survivors."""
+    model, samples = _model_and_samples(model_dir, data, options)
+    adapter = get_adapter(model.config)
+    batches = list(samples.split(options.batch_size))
+    kept = iterative_layer_ranking(model, adapter, batches, keep, options.layer_metric)
+    ranking = torch.zeros(adapter.num_layers(model.config))
+    ranking[kept] = 1
+    return ranking
 
 
 def prune(
@@ -284,6 +307,7 @@ def prune(
     list_tensors(model_dir)  # refuse a corrupt checkpoint before any work
     axes = [(a.name, a.size) for a in adapter.axes(config)]
     plan_from_targets(config, targets, random_scores(axes))  # refuse bad targets before any work
+    layers = None
     if options.needs_data:
         if scores is not None:
             found = load_importance(scores, model_dir, options)
@@ -291,11 +315,13 @@ def prune(
             window = adapter.num_layers(config) - targets.get("num_layers", adapter.num_layers(config))
             blocks = (1, window) if options.layer_selection == "contiguous" and window > 1 else (1,)
             found = importance(model_dir, data, None, options, blocks, progress=progress)
+            if options.layer_selection == "iterative" and "num_layers" in targets:
+                layers = _iterative_layers(model_dir, data, options, targets["num_layers"], progress)
         else:
             raise PlanError(
                 f"--importance {options.ranking} needs --scores DIR or --data PATH (or use magnitude)"
             )
-        plan = _activation_plan(config, targets, found)
+        plan = _activation_plan(config, targets, found, layers)
     else:
         unit = (
             checkpoint_magnitude_scores(model_dir, progress)

@@ -9,7 +9,12 @@ from nemocompress import api
 from nemocompress.arch import get_adapter
 from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
-from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores, layer_stats
+from nemocompress.importance.depth import (
+    LAYER_METRICS,
+    finalize_layer_scores,
+    iterative_layer_ranking,
+    layer_stats,
+)
 from nemocompress.importance.scoring import activation_scores, flap_scores
 from nemocompress.prune.minitron import plan_from_targets
 from nemocompress.zoo import save_zoo_checkpoint, zoo_model
@@ -284,3 +289,14 @@ def test_api_importance_without_output_returns_scores(calibrated):
     result = api.importance(calibrated / "model", calibrated / "text.txt", options=options, progress=False)
     assert "hidden" in result.unit_scores()
     assert "nmse" in result.layer_scores()
+
+
+def test_iterative_layer_selection_drops_one_at_a_time(calibrated, tmp_path):
+    options = api.ImportanceOptions(samples=4, seq_len=16, layer_selection="iterative")
+    model_dir, data = calibrated / "model", calibrated / "text.txt"
+    result = api.prune(model_dir, tmp_path / "o", {"num_layers": 4}, options, data=data, progress=False)
+    kept = result.plan.kept["layers"]
+    assert len(kept) == 4
+    model, samples = api._model_and_samples(model_dir, data, options)
+    batches = list(samples.split(options.batch_size))
+    assert kept == iterative_layer_ranking(model, get_adapter(model.config), batches, 4)
