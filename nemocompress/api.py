@@ -191,7 +191,11 @@ def importance(
         artifact.save(output_dir, overwrite)
         scores, axes = result.unit_scores(), adapter.axis_map(config)
         result.plots = plot_scores(
-            scores, axes, result.layer_scores(min(block_sizes)), Path(output_dir) / "plots"
+            scores,
+            axes,
+            result.layer_scores(min(block_sizes)),
+            Path(output_dir) / "plots",
+            adapter.layer_kinds(config),
         )
     return result
 

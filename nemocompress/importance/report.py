@@ -52,6 +52,7 @@ def plot_scores(
     axes: Mapping[str, Axis],
     layer_scores: Mapping[str, torch.Tensor],
     out: Path,
+    layer_kinds: list[str] | None = None,
 ) -> list[Path]:
     """A layers x units heatmap per width axis kind and a bar chart of layer importance (PNG files)."""
     import matplotlib
@@ -81,6 +82,8 @@ def plot_scores(
     for metric, values in layer_scores.items():
         fig, ax = plt.subplots(figsize=(8, 3))
         ax.bar(range(len(values)), values.numpy())
+        if layer_kinds is not None and len(layer_kinds) == len(values):
+            ax.set_xticks(range(len(values)), [f"{i}\n{k}" for i, k in enumerate(layer_kinds)], fontsize=7)
         ax.set_xlabel("layer")
         ax.set_ylabel(metric)
         ax.set_title(f"layer importance ({metric}; higher = keep)")
