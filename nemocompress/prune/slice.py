@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
+from transformers.initialization import no_init_weights
 
 from ..arch import Adapter, Segment, dim_indices, disk_dims, get_adapter, select
 from ..checkpoint import (
@@ -61,7 +62,8 @@ def slice_model(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
             name = adapter.renumber(name, layers[spec.layer])
         state[name] = select(tensor.detach(), spec.dims, kept)
     dtype = next(model.parameters()).dtype
-    new_model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
+    with no_init_weights():  # every parameter is loaded below: skip the random initialization
+        new_model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
     new_model.load_state_dict(state, strict=True)
     return new_model.eval()
 
