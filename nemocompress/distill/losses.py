@@ -15,8 +15,9 @@ Notation: ``...`` is any leading token shape (``[B, S]`` or ``[N]``), ``V`` the 
   of an optimizer step as ``num_items`` and sum the micro-batch losses: the gradients then
   equal those of one big batch. When nothing is counted the loss is 0 (not NaN) and the
   gradients are zero.
-- Logits of either model may be ``-inf`` (e.g. a masked vocabulary entry); a student
-  ``-inf`` where the teacher has mass makes the divergence infinite, as it should be.
+- Logits of either model may be ``-inf`` (e.g. a masked vocabulary entry): impossible tokens
+  contribute 0, not NaN. A student ``-inf`` where the teacher has mass gives a huge loss
+  (log-probabilities are floored at the dtype's lowest value), as it should.
 
 The chunked variants compute the same values, over chunks of tokens, without ever holding
 both models' ``[tokens, V]`` float32 log-probabilities; see :func:`chunked_kd_loss`.
@@ -32,6 +33,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "Divergence",
@@ -56,7 +58,7 @@ Divergence = Literal["forward_kl", "reverse_kl", "jsd", "tvd"]
 NumItems = int | float | Tensor | None
 
 _DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
-_CHUNK_ELEMENTS = 2**26  # default chunk: one [chunk, V] float32 tensor is about 256 MiB
+_CHUNK_ELEMENTS = 2**25  # default chunk: one [chunk, V] float32 tensor is 128 MiB
 
 
 # --------------------------------------------------------------------------- per-token divergences
@@ -66,12 +68,39 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+class _FiniteLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits / T)`` over the last dim in float32 (float64 kept), -inf raised to the lowest float.
+
+    Raising -inf log-probabilities to a finite value changes no probability (exp gives 0 either
+    way) but keeps ``p * (log p - log q)`` at 0 instead of NaN where a token is impossible. The
+    clamp happens in place and the backward reads only ``exp(output)``, so this costs what
+    ``log_softmax`` costs, with no extra ``[tokens, V]`` tensor and no cast or division node.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, temperature: float) -> Tensor:
+        x = logits.to(_compute_dtype(logits))
+        if temperature != 1.0:
+            x = x / temperature
+        out = torch.log_softmax(x, dim=-1)
+        out.clamp_(min=torch.finfo(out.dtype).min)
+        ctx.save_for_backward(out)
+        ctx.temperature, ctx.input_dtype = temperature, logits.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        (out,) = ctx.saved_tensors
+        grad = torch._log_softmax_backward_data(grad_output, out, -1, out.dtype)
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        return grad.to(ctx.input_dtype), None
+
+
 def _log_probs(logits: Tensor, temperature: float) -> Tensor:
-    """log_softmax(logits / T) in float32 (float64 kept), with -inf clamped to the dtype's lowest value."""
-    x = logits.to(_compute_dtype(logits))
-    if temperature != 1.0:
-        x = x / temperature
-    return torch.log_softmax(x, dim=-1).clamp(min=torch.finfo(x.dtype).min)
+    """``[..., V]`` logits -> float32 (float64 kept) log-probabilities of ``softmax(logits / T)``."""
+    return _FiniteLogSoftmax.apply(logits, temperature)
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -391,25 +420,18 @@ def _value_and_grads(fn: Callable[..., Tensor], tensors: Sequence[Tensor | None]
     return value.detach(), [next(found) if need else None for need in needs]
 
 
-def _chunked_sum(
-    chunk_fn: Callable[..., Tensor],
-    chunk_size: int,
-    valid: Tensor | None,
-    rows: Sequence[Tensor],
-    shared: Sequence[Tensor | None],
-    needs: Sequence[bool],
-):
-    """Sum ``chunk_fn(*row_chunks, *shared)`` over token chunks of ``rows`` ([B', S', *]).
+def _chunked_sum(step, chunk_size: int, valid: Tensor | None, rows: Sequence[Tensor], needs: Sequence[bool]):
+    """Sum ``step(*row_chunks)`` over token chunks of ``rows`` ([B', S', *]).
 
-    Gradients are taken chunk by chunk as the sum runs: row tensors get theirs written into a
-    buffer of their own shape, shared tensors (weights) accumulate theirs in place. Only one
-    chunk's activations are alive at any time.
+    ``step`` returns a chunk's loss and the gradients of its row pieces; they are written into
+    a buffer of each row tensor's shape as the sum runs. Only one chunk's activations are
+    alive at any time.
     """
     batch, seq = rows[0].shape[:2]
-    grads = [
-        _grad_buffer(t, need, is_row=i < len(rows), masked=valid is not None)
-        for i, (t, need) in enumerate(zip([*rows, *shared], needs))
-    ]
+    if valid is None and batch == 1 and seq <= chunk_size:  # a single chunk: no buffer, no copy
+        value, grads = step(*(t[0] for t in rows))
+        return value, [None if g is None else g.unsqueeze(0) for g in grads]
+    grads = [_row_grad_buffer(t, masked=valid is not None) if need else None for t, need in zip(rows, needs)]
     total = torch.zeros((), dtype=_compute_dtype(rows[0]), device=rows[0].device)
     for b, span in _row_chunks(batch, seq, chunk_size):
         pieces = [t[b, span] for t in rows]
@@ -419,39 +441,96 @@ def _chunked_sum(
             if index.numel() == 0:
                 continue
             pieces = [p.index_select(0, index) for p in pieces]
-        value, chunk_grads = _value_and_grads(chunk_fn, [*pieces, *shared], needs)
+        value, chunk_grads = step(*pieces)
         total += value
-        for i, g in enumerate(chunk_grads):
-            if g is None:
+        for buffer, g in zip(grads, chunk_grads):
+            if buffer is None:
                 continue
-            if i >= len(rows):
-                grads[i].add_(g)
-            elif index is None:
-                grads[i][b, span].copy_(g)
+            if index is None:
+                buffer[b, span].copy_(g)
             else:
-                grads[i][b, span].index_copy_(0, index, g)
+                buffer[b, span].index_copy_(0, index, g)
     return total, grads
 
 
-def _grad_buffer(t: Tensor | None, need: bool, *, is_row: bool, masked: bool) -> Tensor | None:
-    if not need:
-        return None
-    if is_row and not masked:
-        return torch.empty_like(t, memory_format=torch.contiguous_format)  # every row gets written
-    return torch.zeros_like(t, memory_format=torch.contiguous_format)
+def _row_grad_buffer(t: Tensor, *, masked: bool) -> Tensor:
+    if masked:
+        return torch.zeros_like(t, memory_format=torch.contiguous_format)
+    return torch.empty_like(t, memory_format=torch.contiguous_format)  # every row gets written
+
+
+class _LogitStep:
+    """One chunk of :func:`chunked_kd_loss`: (student rows, teacher rows) -> loss, their gradients."""
+
+    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor], tensors, needs: Sequence[bool]) -> None:
+        self.loss_fn, self.needs = loss_fn, list(needs)
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor):
+        return _value_and_grads(self.loss_fn, [student_logits, teacher_logits], self.needs)
+
+    def shared_grads(self) -> list[Tensor | None]:
+        return []
+
+
+class _HiddenStep:
+    """One chunk of :func:`chunked_kd_loss_from_hidden`: LM heads, loss, then the heads' backward by hand.
+
+    Doing the linear backward by hand lets the weight and bias gradients accumulate in place
+    (``addmm_``) instead of allocating a fresh ``[V, D]`` gradient per chunk.
+    """
+
+    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor], tensors, needs: Sequence[bool]) -> None:
+        _, _, *self.heads = tensors  # student W, b, teacher W, b
+        self.loss_fn, self.needs = loss_fn, list(needs)  # hs, ht, Ws, bs, Wt, bt
+        self.sums: list[Tensor | None] = [None] * 4
+
+    def __call__(self, student_hidden: Tensor, teacher_hidden: Tensor):
+        ws, bs, wt, bt = self.heads
+        with torch.no_grad():
+            logits = [F.linear(student_hidden, ws, bs), F.linear(teacher_hidden, wt, bt)]
+        need_logits = [any(self.needs[i] for i in (0, 2, 3)), any(self.needs[i] for i in (1, 4, 5))]
+        value, logit_grads = _value_and_grads(self.loss_fn, logits, need_logits)
+        hidden_grads = [
+            self._head_backward(logit_grads[0], student_hidden, slot=0, need_hidden=self.needs[0]),
+            self._head_backward(logit_grads[1], teacher_hidden, slot=2, need_hidden=self.needs[1]),
+        ]
+        return value, hidden_grads
+
+    def _head_backward(self, grad_logits: Tensor | None, hidden: Tensor, *, slot: int, need_hidden: bool):
+        """Accumulate dL/dW = g^T h and dL/db = sum g for one head; return dL/dh = g W."""
+        if grad_logits is None:
+            return None
+        if self.needs[2 + slot]:
+            w_sum = self.sums[slot]
+            self.sums[slot] = (
+                grad_logits.t() @ hidden if w_sum is None else w_sum.addmm_(grad_logits.t(), hidden)
+            )
+        if self.needs[3 + slot]:
+            b_sum = self.sums[slot + 1]
+            self.sums[slot + 1] = grad_logits.sum(0) if b_sum is None else b_sum.add_(grad_logits.sum(0))
+        return grad_logits @ self.heads[slot] if need_hidden else None
+
+    def shared_grads(self) -> list[Tensor | None]:
+        """Gradients of (Ws, bs, Wt, bt); zeros where needed but every token was masked."""
+        return [
+            (g if g is not None else torch.zeros_like(t)) if need else None
+            for g, t, need in zip(self.sums, self.heads, self.needs[2:])
+        ]
 
 
 class _ChunkedSum(torch.autograd.Function):
     """Autograd node for :func:`_chunked_sum`: gradients are computed in forward, kept, scaled in backward."""
 
     @staticmethod
-    def forward(ctx, chunk_fn, chunk_size, valid, num_rows, *tensors):
-        rows, shared = tensors[:num_rows], tensors[num_rows:]
+    def forward(ctx, make_step, chunk_size, valid, num_rows, *tensors):
         needs = ctx.needs_input_grad[4:]
-        total, ctx.grads = _chunked_sum(chunk_fn, chunk_size, valid, rows, shared, needs)
+        step = make_step(tensors, needs)
+        total, row_grads = _chunked_sum(step, chunk_size, valid, tensors[:num_rows], needs[:num_rows])
+        ctx.grads = [*row_grads, *step.shared_grads()]
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         if ctx.grads is None:
             raise RuntimeError(
@@ -464,13 +543,15 @@ class _ChunkedSum(torch.autograd.Function):
 
 
 def _run_chunked(
-    chunk_fn, chunk_size: int, valid: Tensor | None, rows: list[Tensor], shared: list[Tensor | None]
+    make_step, chunk_size: int, valid: Tensor | None, rows: list[Tensor], shared: list
 ) -> Tensor:
+    """Chunked sum through the autograd node when a gradient is wanted, else a plain loop."""
     tensors = [*rows, *shared]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _ChunkedSum.apply(chunk_fn, chunk_size, valid, len(rows), *tensors)
+        return _ChunkedSum.apply(make_step, chunk_size, valid, len(rows), *tensors)
+    step = make_step(tensors, [False] * len(tensors))
     with torch.no_grad():
-        return _chunked_sum(chunk_fn, chunk_size, valid, rows, shared, [False] * len(tensors))[0]
+        return _chunked_sum(step, chunk_size, valid, rows, [False] * len(rows))[0]
 
 
 def _scaled_divergence_sum(student_logits, teacher_logits, *, divergence, beta, temperature, scale):
@@ -478,14 +559,6 @@ def _scaled_divergence_sum(student_logits, teacher_logits, *, divergence, beta, 
         student_logits, teacher_logits, divergence, beta=beta, temperature=temperature
     )
     return per_token.sum() * scale
-
-
-def _hidden_divergence_sum(
-    student_hidden, teacher_hidden, student_w, student_b, teacher_w, teacher_b, **kwargs
-):
-    student_logits = F.linear(student_hidden, student_w, student_b)
-    teacher_logits = F.linear(teacher_hidden, teacher_w, teacher_b)
-    return _scaled_divergence_sum(student_logits, teacher_logits, **kwargs)
 
 
 def _chunk_rows(chunk_size: int | None, vocab: int) -> int:
@@ -517,14 +590,16 @@ def chunked_kd_loss(
     autograd would produce anyway); backward only scales it. So nothing is recomputed and no
     per-chunk activation outlives its chunk. The graph supports one backward pass (no
     ``retain_graph`` re-use) and no double backward. Under ``torch.no_grad`` it only sums.
+    With a mask, each chunk picks its counted rows with ``nonzero`` (one host sync per chunk
+    on GPU).
 
     Args:
         student_logits: ``[..., V]``, typically bf16 from the LM head; may be a
             non-contiguous view such as ``logits[:, :-1]`` (it is not copied).
         teacher_logits: ``[..., V]``.
         divergence, beta, temperature, labels, mask, ignore_index, num_items: as :func:`kd_loss`.
-        chunk_size: tokens per chunk; None picks ``max(1, 2**26 // V)`` (about 256 MiB per
-            ``[chunk, V]`` float32 tensor, 512 tokens at V = 131072).
+        chunk_size: tokens per chunk; None picks ``max(1, 2**25 // V)`` (128 MiB per
+            ``[chunk, V]`` float32 tensor, 256 tokens at V = 131072).
 
     Returns:
         Scalar float32 (float64 for float64 logits).
@@ -537,10 +612,11 @@ def chunked_kd_loss(
     num_tokens = math.prod(student_logits.shape[:-1])
     like = torch.empty((), dtype=_compute_dtype(student_logits), device=student_logits.device)
     scale = temperature**2 / _denominator(valid, num_tokens, num_items, like)
-    chunk_fn = partial(
+    loss_fn = partial(
         _scaled_divergence_sum, divergence=divergence, beta=beta, temperature=temperature, scale=scale
     )
-    return _run_chunked(chunk_fn, _chunk_rows(chunk_size, student_logits.shape[-1]), valid, rows, [])
+    make_step = partial(_LogitStep, loss_fn)
+    return _run_chunked(make_step, _chunk_rows(chunk_size, student_logits.shape[-1]), valid, rows, [])
 
 
 def chunked_kd_loss_from_hidden(
@@ -565,8 +641,9 @@ def chunked_kd_loss_from_hidden(
     Equals ``kd_loss(F.linear(student_hidden, W_s, b_s), F.linear(teacher_hidden, W_t, b_t), ...)``
     but never holds more than one chunk of either model's logits. Gradients for the hidden
     states, weights and biases that require grad are computed per chunk during forward (see
-    :func:`chunked_kd_loss`); weight gradients accumulate across chunks in the weight's dtype,
-    as gradient accumulation over micro-batches would.
+    :func:`chunked_kd_loss`); the LM-head backward is done by hand, so weight gradients
+    accumulate in place across chunks (``addmm_``, in the weight's dtype, as gradient
+    accumulation over micro-batches would) without a ``[V, D]`` tensor per chunk.
 
     Args:
         student_hidden: ``[..., D_s]`` student final hidden states (after the final norm).
@@ -576,7 +653,7 @@ def chunked_kd_loss_from_hidden(
         divergence: see :func:`token_divergence`.
         student_lm_head_bias, teacher_lm_head_bias: optional ``[V]``.
         beta, temperature, labels, mask, ignore_index, num_items: as :func:`kd_loss`.
-        chunk_size: tokens per chunk; None picks ``max(1, 2**26 // V)``.
+        chunk_size: tokens per chunk; None picks ``max(1, 2**25 // V)``.
 
     Returns:
         Scalar float32 (float64 for float64 inputs).
@@ -598,12 +675,13 @@ def chunked_kd_loss_from_hidden(
     num_tokens = math.prod(student_hidden.shape[:-1])
     like = torch.empty((), dtype=_compute_dtype(student_hidden), device=student_hidden.device)
     scale = temperature**2 / _denominator(valid, num_tokens, num_items, like)
-    chunk_fn = partial(
-        _hidden_divergence_sum, divergence=divergence, beta=beta, temperature=temperature, scale=scale
+    loss_fn = partial(
+        _scaled_divergence_sum, divergence=divergence, beta=beta, temperature=temperature, scale=scale
     )
-    shared = [student_lm_head_weight, student_lm_head_bias, teacher_lm_head_weight, teacher_lm_head_bias]
+    make_step = partial(_HiddenStep, loss_fn)
+    heads = [student_lm_head_weight, student_lm_head_bias, teacher_lm_head_weight, teacher_lm_head_bias]
     return _run_chunked(
-        chunk_fn, _chunk_rows(chunk_size, student_lm_head_weight.shape[0]), valid, rows, shared
+        make_step, _chunk_rows(chunk_size, student_lm_head_weight.shape[0]), valid, rows, heads
     )
 
 
