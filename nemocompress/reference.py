@@ -2,7 +2,7 @@
 
 No pretrained hybrid Mamba model can be downloaded on these machines, so this module trains one:
 
-path = reference_hybrid()       # built once (about 15 minutes on 2 CPU cores), then cached
+path = reference_hybrid()       # built once (about 15 minutes on 2 idle CPU cores), then cached
 model = AutoModelForCausalLM.from_pretrained(path)
 tokenizer = AutoTokenizer.from_pretrained(path)
 summary = json.loads((path / "training.json").read_text())
@@ -13,12 +13,15 @@ The recipe (all of it in ``ReferenceRecipe``, whose defaults are the cached mode
    (``fetch_text("python-stdlib")``), each split with ``split_texts(heldout_fraction=0.1, seed=0)``;
    the held-out documents are never trained on.
 2. Tokenizer: byte-level BPE (GPT-2 pre-tokenization, all 256 bytes in the base alphabet), vocab 4096,
-   trained with the ``tokenizers`` library on the train documents of both domains; special tokens
+   trained with the ``tokenizers`` library on train documents, the same amount of text from each
+   domain (all of Shakespeare, a seeded random part of the code); special tokens
    ``<|endoftext|>`` (eos, also the document separator), ``<|startoftext|>`` (bos, never inserted) and
    ``<|pad|>``. Nothing is added around encoded text.
 3. Model: NemotronH, hidden 192, 8 layers of all four block types (Mamba with ``n_groups=2``, attention,
-   relu^2 MLP, MoE with 8 routed experts, top-2, and a shared expert), untied embeddings: 3.9M params.
-4. Training: a fixed number of steps (so the weights do not depend on machine speed) of AdamW, linear
+   relu^2 MLP, MoE with 8 routed experts, top-2, and a shared expert), untied embeddings: 3.06M
+   params, 1.49M of them outside the embedding and output matrices.
+4. Training: a fixed number of steps, 800 of 16 x 256 tokens (3.3M tokens; the count, not wall time,
+   ends training, so the weights do not depend on machine speed), of AdamW, linear
    warmup then cosine decay, on batches that take half their samples from each domain (packed
    samples of 256 tokens, reshuffled each epoch of a domain). MoE routers are balanced without an
    auxiliary loss, as in Nemotron 3 / DeepSeek-V3: after each step every router's
@@ -90,9 +93,10 @@ class ReferenceBuildError(NemocompressError):
 class ReferenceRecipe:
     """Everything that determines the reference model; the defaults are the cached ``REFERENCE_NAME``.
 
-    ``model`` holds NemotronH config fields (``vocab_size`` and the special token ids are set from the
-    tokenizer). ``batch_size`` samples of ``seq_len`` tokens make one step, split evenly across the
-    domains. ``eval_samples`` held-out samples per domain give the final loss.
+    ``model`` holds NemotronH config fields except ``vocab_size`` (from ``vocab_size`` here) and the
+    special token ids (from the tokenizer). ``batch_size`` samples of ``seq_len`` tokens make one step, split evenly across the
+    domains. ``eval_samples`` held-out samples per domain give the final loss; ``sample_tokens`` greedy
+    tokens per domain prompt go into the summary.
     """
 
     model: Mapping = field(default_factory=lambda: dict(REFERENCE_MODEL))
@@ -109,6 +113,7 @@ class ReferenceRecipe:
     router_bias_rate: float = 1e-3
     heldout_fraction: float = 0.1
     eval_samples: int = 64
+    sample_tokens: int = 48
     seed: int = 0
 
     def __post_init__(self):
@@ -138,7 +143,8 @@ def reference_hybrid(
     """Return the folder of the reference NemotronH hybrid, training it first if it is not cached.
 
     The first call loads Shakespeare and the Python standard library (``fetch_text``) and trains for
-    ``ReferenceRecipe().steps`` steps (about 15 minutes on 2 CPU cores); later calls return at once.
+    ``ReferenceRecipe().steps`` steps (about 15 minutes on 2 idle CPU cores); later calls return at
+    once.
     The folder, ``cache_root(cache_dir) / "models" / REFERENCE_NAME``, holds a stock checkpoint that
     ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` load, and
     ``training.json`` (see ``build_reference_hybrid``).
@@ -161,25 +167,28 @@ def reference_hybrid(
 def build_reference_hybrid(
     out_dir: str | os.PathLike,
     corpora: Mapping[str, Sequence[str]],
-    recipe: ReferenceRecipe = ReferenceRecipe(),
+    recipe: ReferenceRecipe | None = None,
     max_minutes: float | None = None,
     progress: bool = True,
 ) -> dict:
     """Train a tokenizer and a NemotronH model on ``corpora`` and save both into ``out_dir``.
 
     ``corpora`` maps a domain name to its documents (e.g. ``load_texts(fetch_text("shakespeare"))``);
-    each domain is split into train and held-out documents, and ``recipe.batch_size`` must be a multiple
-    of the number of domains. Writes the checkpoint, the tokenizer and ``training.json``, and returns the
-    same summary as a dict: ``steps``, ``tokens``, ``seconds``, ``tokens_per_second``, ``params``,
-    ``final_train_loss`` (mean of the last 20 steps), ``train_loss_curve`` (``[step, loss]`` pairs),
-    ``heldout`` (``{domain: {"loss", "bits_per_byte", "tokens"}}``), ``heldout_loss`` and
-    ``bits_per_byte`` (means over domains), ``samples`` (greedy continuations) and the recipe.
+    each domain is split into train and held-out documents. ``recipe`` defaults to ``ReferenceRecipe()``;
+    its ``batch_size`` must be a multiple of the number of domains. Writes the checkpoint, the tokenizer
+    and ``training.json``, and returns the same summary as a dict: ``steps``, ``complete``, ``tokens``,
+    ``seconds``, ``tokens_per_second``, ``params``, ``first_train_loss``, ``final_train_loss`` (mean of
+    the last 20 steps), ``train_loss_curve`` (``[step, loss]`` pairs), ``corpora`` (documents, tokens and
+    epochs per domain), ``heldout`` (``{domain: {"loss", "bits_per_byte", "tokens"}}``), ``heldout_loss``
+    and ``bits_per_byte`` (means over domains), ``samples`` (greedy continuations,
+    ``{domain: {"prompt", "text"}}``), ``recipe`` and ``versions``.
 
     Runs on CPU with ``NUM_THREADS`` threads (restored afterwards). ``max_minutes`` stops training
     early; the learning-rate schedule still spans ``recipe.steps``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    recipe = ReferenceRecipe() if recipe is None else recipe
     out_dir = Path(out_dir)
     if not corpora or recipe.batch_size % len(corpora):
         raise ReferenceBuildError(
@@ -226,7 +235,7 @@ def build_reference_hybrid(
             }
             for name, (train, heldout) in splits.items()
         }
-        summary |= _evaluate(model, tokenizer, heldout_samples, progress)
+        summary |= _evaluate(model, tokenizer, heldout_samples, recipe.sample_tokens, progress)
         summary["recipe"] = asdict(recipe)
         summary["versions"] = {
             "torch": torch.__version__,
@@ -238,6 +247,8 @@ def build_reference_hybrid(
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if progress:
+            print(_summary_line(summary))
     finally:
         torch.set_num_threads(previous_threads)
     return summary
@@ -380,7 +391,7 @@ def _train(
     model.train()
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(recipe.steps), desc="train reference hybrid", disable=None if progress else True)
+    bar = tqdm(range(recipe.steps), desc="train reference hybrid", disable=not progress, mininterval=5)
     try:
         for step in bar:
             rows = slice(step * per_domain, (step + 1) * per_domain)
@@ -419,13 +430,27 @@ def _train(
     }
 
 
-def _evaluate(model, tokenizer, heldout_samples: Mapping[str, torch.Tensor], progress: bool) -> dict:
+def _summary_line(summary: dict) -> str:
+    per_domain = ", ".join(
+        f"{name} {h['loss']:.3f} nats/token {h['bits_per_byte']:.3f} bits/byte"
+        for name, h in summary["heldout"].items()
+    )
+    return (
+        f"reference hybrid: {summary['steps']} steps, {summary['tokens']} tokens in {summary['seconds']:.0f} s "
+        f"({summary['tokens_per_second']:.0f} tokens/s); train loss {summary['final_train_loss']:.3f}; "
+        f"held-out: {per_domain}"
+    )
+
+
+def _evaluate(
+    model, tokenizer, heldout_samples: Mapping[str, torch.Tensor], sample_tokens: int, progress: bool
+) -> dict:
     """Held-out loss and bits per byte per domain and averaged over domains, plus greedy samples."""
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     heldout = {}
-    for name, samples in heldout_samples.items():
-        losses = token_losses(model, samples, batch_size=8, progress=progress)
-        targets = samples[:, 1:]
+    for name, input_ids in heldout_samples.items():
+        losses = token_losses(model, input_ids, batch_size=8, progress=progress)
+        targets = input_ids[:, 1:]
         num_bytes = sum(len(tokenizer.decode(row, skip_special_tokens=True).encode()) for row in targets)
         nats = losses[~torch.isin(targets, special)].double().sum().item()
         heldout[name] = {
@@ -433,10 +458,13 @@ def _evaluate(model, tokenizer, heldout_samples: Mapping[str, torch.Tensor], pro
             "bits_per_byte": bits_per_byte_from_nats(nats, num_bytes),
             "tokens": targets.numel(),
         }
-    prompts = {name: SAMPLE_PROMPTS.get(name, "The ") for name in heldout_samples}
+    samples = {}
+    for name in heldout_samples:
+        prompt = SAMPLE_PROMPTS.get(name, "The ")
+        samples[name] = {"prompt": prompt, "text": generate_text(model, tokenizer, prompt, sample_tokens)}
     return {
         "heldout": heldout,
         "heldout_loss": sum(h["loss"] for h in heldout.values()) / len(heldout),
         "bits_per_byte": sum(h["bits_per_byte"] for h in heldout.values()) / len(heldout),
-        "samples": {p: generate_text(model, tokenizer, p, max_new_tokens=48) for p in prompts.values()},
+        "samples": samples,
     }
