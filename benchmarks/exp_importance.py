@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -19,13 +20,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from nemocompress.arch import get_adapter
 from nemocompress.assets import fetch_smollm2, fetch_text
 from nemocompress.data import calibration_samples, pack_tokens
+from nemocompress.errors import PlanError
 from nemocompress.evaluate import heldout_loss
+from nemocompress.importance.artifact import ImportanceArtifact
 from nemocompress.importance.calibrate import calibrate
 from nemocompress.importance.depth import finalize_layer_scores
 from nemocompress.importance.scoring import activation_scores, flap_scores
 from nemocompress.importance.weights import magnitude_scores, random_scores
 from nemocompress.prune.minitron import plan_from_targets
 from nemocompress.prune.slice import slice_model
+
+CACHE = "/tmp/nemocompress-exp-cache"  # calibration statistics, reused across runs of this script
 
 
 def setup(model_dir, corpus, samples, seq_len, eval_samples, block_sizes):
@@ -34,9 +39,16 @@ def setup(model_dir, corpus, samples, seq_len, eval_samples, block_sizes):
     calib, heldout_docs = calibration_samples(tokenizer, fetch_text(corpus), samples, seq_len)
     heldout = pack_tokens(tokenizer, heldout_docs, seq_len, num_samples=eval_samples, seed=1)
     adapter = get_adapter(model.config)
-    start = time.perf_counter()
-    artifact = calibrate(model, adapter, calib, batch_size=4, block_sizes=block_sizes, token_moments=True)
-    print(f"calibration: {len(calib)} x {seq_len} tokens, {time.perf_counter() - start:.0f} s")
+    cache = (
+        Path(CACHE) / f"{Path(model_dir).name}-{corpus}-{samples}x{seq_len}-{'-'.join(map(str, block_sizes))}"
+    )
+    if cache.is_dir():
+        artifact = ImportanceArtifact.load(cache)
+    else:
+        start = time.perf_counter()
+        artifact = calibrate(model, adapter, calib, batch_size=4, block_sizes=block_sizes, token_moments=True)
+        print(f"calibration: {len(calib)} x {seq_len} tokens, {time.perf_counter() - start:.0f} s")
+        artifact.save(cache)
     return model, adapter, artifact, heldout
 
 
@@ -71,14 +83,13 @@ def part_smollm2(args) -> None:
     targets = {
         "MLP 1536 -> 1024": {"ffn_hidden_size": 1024},
         "attention heads 9 -> 6": {"num_attention_heads": 6},
-        "embedding channels 576 -> 480": {"hidden_size": 480},
+        "embedding channels 576 -> 504": {"hidden_size": 504},  # a multiple of the 9 heads
     }
     scores = rankings(model, adapter, artifact)
-    rows = [
-        [name, *(f"{loss_after(model, t, s, heldout):.3f}" for s in scores.values())]
-        for name, t in targets.items()
-    ]
-    print(table(rows, ["pruned axis", *scores]))
+    print(table([], ["pruned axis", *scores]), flush=True)
+    for name, t in targets.items():
+        losses = [f"{loss_after(model, t, s, heldout):.3f}" for s in scores.values()]
+        print("| " + " | ".join([name, *losses]) + " |", flush=True)
 
 
 def _model_dir(name: str):
@@ -132,24 +143,29 @@ def part_layers(args) -> None:
     base = heldout_loss(model, heldout, progress=False)
     print(f"\n{args.model}: {adapter.num_layers(model.config)} layers, held-out loss before: {base:.3f}\n")
     single = finalize_layer_scores(artifact.layers[1])
-    rows = []
+    num_layers = adapter.num_layers(model.config)
+    print(table([], ["layers chosen by", *(f"drop {k}" for k in drops)]), flush=True)
     for metric, values in single.items():
-        row = [f"{metric} (k least important)"]
-        for k in drops:
-            keep = adapter.num_layers(model.config) - k
-            row.append(f"{loss_after(model, {'num_layers': keep}, {'layers': values}, heldout):.3f}")
-        rows.append(row)
+        cells = [_drop(model, num_layers - k, values, heldout) for k in drops]
+        print(f"| {metric} (k least important) | " + " | ".join(cells) + " |", flush=True)
     for metric in ("nmse", "kl", "lm_loss"):
-        row = [f"{metric} (contiguous block)"]
+        cells = []
         for k in drops:
-            window = finalize_layer_scores(artifact.layers[k])[metric]
-            start = int(window.argmin())
-            ranking = torch.ones(adapter.num_layers(model.config))
+            start = int(finalize_layer_scores(artifact.layers[k])[metric].argmin())
+            ranking = torch.ones(num_layers)
             ranking[start : start + k] = 0
-            keep = adapter.num_layers(model.config) - k
-            row.append(f"{loss_after(model, {'num_layers': keep}, {'layers': ranking}, heldout):.3f}")
-        rows.append(row)
-    print(table(rows, ["layers chosen by", *(f"drop {k}" for k in drops)]))
+            cells.append(_drop(model, num_layers - k, ranking, heldout))
+        print(f"| {metric} (contiguous block) | " + " | ".join(cells) + " |", flush=True)
+
+
+def _drop(model, keep: int, ranking: torch.Tensor, heldout) -> str:
+    """Held-out loss without the lowest-ranked layers, or why the plan was refused."""
+    try:
+        plan = plan_from_targets(model.config, {"num_layers": keep}, {"layers": ranking})
+    except PlanError as e:
+        return f"refused ({str(e).split(';')[0]})"
+    dropped = sorted(set(range(len(ranking))) - set(plan.kept["layers"]))
+    return f"{heldout_loss(slice_model(model, plan), heldout, progress=False):.3f} (drops {dropped})"
 
 
 def main() -> None:
