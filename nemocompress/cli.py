@@ -7,10 +7,12 @@ import json
 import sys
 
 from . import __version__, api
+from .distill import DistillConfig, cache_teacher, distill
+from .distill.config import INTERMEDIATE_LOSSES, KD_LOSSES
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
-from .importance.options import MAMBA_SOURCES, RANKINGS, ImportanceOptions
+from .importance.options import LAYER_SELECTIONS, MAMBA_SOURCES, RANKINGS, ImportanceOptions
 from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 
@@ -71,6 +73,60 @@ def _demo(args) -> None:
     print(f"\npruned checkpoint: {result.prune.output_dir}")
 
 
+def _distill(args) -> None:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
+    config = DistillConfig.from_yaml(args.config, **flags) if args.config else DistillConfig.from_dict(flags)
+    result = distill(config)
+    print(result.table())
+    print(f"\nstudent: {result.final_dir}")
+
+
+def _cache_teacher(args) -> None:
+    result = cache_teacher(
+        args.teacher,
+        args.data,
+        args.output,
+        seq_len=args.seq_len,
+        num_samples=args.samples,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+        values_dtype=args.values_dtype,
+        overwrite=args.overwrite,
+    )
+    print(result.table())
+    print(f"\nwrote {result.output_dir}")
+
+
+def _distill_flags(p) -> None:
+    """Every flag defaults to None: unset flags leave the --config file (or DistillConfig) default."""
+    p.add_argument("--config", default=None, help="YAML file with the same keys; flags override it")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint directory")
+    p.add_argument("--student", default=None, help="student checkpoint directory (e.g. a pruned teacher)")
+    p.add_argument("--data", default=None, help="text file, folder or .jsonl (train split trained on)")
+    p.add_argument("-o", "--output", default=None, help="output directory (checkpoints, metrics, final/)")
+    p.add_argument("--teacher-cache", default=None, help="top-k logits from `nemocompress cache-teacher`")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch and process (4)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4)")
+    p.add_argument("--min-lr", type=float, default=None, help="end of the cosine decay (default 1e-5)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup (default 5%% of steps)")
+    p.add_argument("--kd-loss", default=None, choices=KD_LOSSES, help="logit divergence (default kl)")
+    p.add_argument("--kd-weight", type=float, default=None, help="weight of the KD term (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="teacher logits kept by topk-kl (default 64)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
+    p.add_argument("--ce-weight", type=float, default=None, help="weight of next-token CE (default 0)")
+    p.add_argument("--intermediate", default=None, choices=INTERMEDIATE_LOSSES, help="hidden-state loss")
+    p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default 100)")
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint period (default 100)")
+    p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", default=None, help="delete OUT and start over")
+
+
 def _ranking_flags(p, data_required: bool = False) -> None:
     p.add_argument(
         "--data", required=data_required, help="calibration text: file, folder or .jsonl (train split used)"
@@ -91,7 +147,7 @@ def _ranking_flags(p, data_required: bool = False) -> None:
     p.add_argument(
         "--layer-metric", default="nmse", choices=LAYER_METRICS, help="layer importance (default nmse)"
     )
-    p.add_argument("--layer-selection", default="individual", choices=("individual", "contiguous"))
+    p.add_argument("--layer-selection", default="individual", choices=LAYER_SELECTIONS, help="which layers num_layers drops")
     p.add_argument("--seed", type=int, default=0, help="data shuffling and --importance random")
 
 
@@ -150,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=16, help="held-out samples to score (default 16)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("distill", help="knowledge distillation of a student from a teacher")
+    _distill_flags(p)
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser("cache-teacher", help="run the teacher once and store its top-k logits")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint directory")
+    p.add_argument("--data", required=True, help="text file, folder or .jsonl")
+    p.add_argument("-o", "--output", required=True, help="cache directory (written atomically)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument("--samples", type=int, default=None, help="train sequences to cache (default all)")
+    p.add_argument("--top-k", type=int, default=64, help="logits kept per token (default 64)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per teacher forward (default 4)")
+    p.add_argument("--eval-samples", type=int, default=16, help="held-out sequences (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="data split and packing (default 0)")
+    p.add_argument(
+        "--values-dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="logit values"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    p.set_defaults(func=_cache_teacher)
     return parser
 
 

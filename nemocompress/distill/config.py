@@ -1,0 +1,258 @@
+"""One validated config for a distillation run; the CLI, YAML files and notebooks share it.
+
+config = DistillConfig(teacher="parent", student="pruned", data="text/", output_dir="out", steps=200)
+config = DistillConfig.from_yaml("distill.yaml", steps=50)   # keyword overrides win over the file
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import NemocompressError
+
+__all__ = [
+    "CONFIG_VERSION",
+    "DistillConfig",
+    "DistillError",
+    "INTERMEDIATE_LOSSES",
+    "KD_LOSSES",
+    "MIXED_PRECISIONS",
+    "RESUME_MAY_CHANGE",
+]
+
+CONFIG_VERSION = 1
+KD_LOSSES = ("kl", "rkl", "jsd", "tvd", "topk-kl")
+INTERMEDIATE_LOSSES = ("cosine", "mse")
+MIXED_PRECISIONS = ("auto", "no", "bf16")
+# Fields that may differ between a run and its resumption: none changes what a step computes (the global
+# batch, batch_size x grad_accum x processes, is checked on its own).
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "steps", "eval_every", "save_every", "keep_checkpoints", "resume", "overwrite", "progress",
+        "trackers", "version", "batch_size", "grad_accum", "chunk_size",
+    }
+)  # fmt: skip
+
+
+class DistillError(NemocompressError, ValueError):
+    """A distillation setting or input is wrong; the message names the fix."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run needs. Validated on construction; unknown values raise DistillError.
+
+    Inputs:
+        teacher: checkpoint directory of the frozen teacher. Optional with ``teacher_cache`` (training then
+            never runs the teacher) or when nothing needs it (``kd_weight=0`` and no intermediate loss).
+        student: checkpoint directory of the student to train (e.g. a pruned teacher).
+        data: text file, folder or .jsonl (:func:`nemocompress.data.load_texts`); tokenized with the
+            student's tokenizer, split by document into train and held-out parts
+            (``heldout_fraction``, ``seed``). Not needed with ``teacher_cache``, which holds the tokens.
+        teacher_cache: directory written by :func:`nemocompress.distill.cache_teacher`: the tokens and the
+            teacher's top-k logits. Requires ``kd_loss="topk-kl"``.
+        output_dir: holds ``checkpoints/``, ``metrics.jsonl``, ``loss_curve.png``, ``distill_config.yaml``
+            and, at the end, ``final/`` (a stock Hugging Face checkpoint of the student).
+
+    Optimization: ``steps`` optimizer steps, each over ``batch_size`` sequences per process and
+    micro-batch x ``grad_accum`` micro-batches x the number of processes (the global batch) of ``seq_len``
+    tokens. AdamW (``lr``, ``weight_decay``, betas (0.9, 0.95)), linear warmup over ``warmup_steps``
+    (None: 5% of ``steps``) then cosine decay to ``min_lr`` (METHODS 3: 1e-4 -> 1e-5). Gradients are
+    clipped to ``max_grad_norm`` (None: no clipping).
+
+    Loss: ``kd_weight * KD + ce_weight * CE + alpha * intermediate``, every term averaged over the
+    tokens of the global batch. ``kd_loss``: ``kl`` forward KL(teacher || student) (default, as the
+    papers), ``rkl`` reverse KL, ``jsd`` generalized JSD with ``jsd_beta``, ``tvd`` total variation,
+    ``topk-kl`` forward KL against the teacher's ``top_k`` logits (from ``teacher_cache``, or computed
+    live). ``temperature`` softens both distributions (loss times T^2). ``intermediate``: ``cosine`` or
+    ``mse`` between hidden states of ``layer_map`` pairs ``(student_layer, teacher_layer)`` indexing
+    ``output_hidden_states`` (0 = embeddings; None maps student layer i to teacher layer
+    round(i * L_t / L_s), i = 1..L_s), through a learned projection when widths differ;
+    ``intermediate_weight`` None uses the dynamic alpha = KD / intermediate (Minitron).
+
+    Evaluation every ``eval_every`` steps (0: only before and after) on ``eval_samples`` held-out
+    sequences: loss, KL to the teacher and bits per byte. Checkpoints every ``save_every`` steps
+    (0: none), the last ``keep_checkpoints`` kept. ``resume`` continues from the latest checkpoint in
+    ``output_dir``; ``overwrite`` deletes an existing ``output_dir`` and starts over.
+
+    ``mixed_precision``: ``auto`` is bf16 autocast on GPU (the teacher is loaded in bf16) and float32 on
+    CPU. ``shard_teacher``: under FSDP, shard the teacher like the student instead of keeping a full copy
+    on every device (accelerate then also saves its shards in each checkpoint). ``trackers``: accelerate
+    tracker names (e.g. ``["tensorboard"]``), logged under ``output_dir``. ``chunk_size``: tokens per chunk
+    of the KD loss (None: the loss picks).
+    """
+
+    teacher: str | None = None
+    student: str | None = None
+    data: str | None = None
+    output_dir: str | None = None
+    teacher_cache: str | None = None
+    steps: int = 1000
+    seq_len: int = 512
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_steps: int | None = None
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    kd_loss: str = "kl"
+    kd_weight: float = 1.0
+    jsd_beta: float = 0.5
+    top_k: int = 64
+    temperature: float = 1.0
+    ce_weight: float = 0.0
+    intermediate: str | None = None
+    intermediate_weight: float | None = None
+    layer_map: list[tuple[int, int]] | None = None
+    eval_every: int = 100
+    eval_samples: int = 16
+    save_every: int = 100
+    keep_checkpoints: int = 1
+    heldout_fraction: float = 0.1
+    seed: int = 0
+    mixed_precision: str = "auto"
+    shard_teacher: bool = False
+    chunk_size: int | None = None
+    trackers: list[str] = field(default_factory=list)
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        for name in ("teacher", "student", "data", "output_dir", "teacher_cache"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(value))
+        if self.layer_map is not None:
+            self.layer_map = [tuple(int(i) for i in pair) for pair in self.layer_map]
+        self.trackers = list(self.trackers or [])
+        self._check()
+
+    def _check(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise DistillError(f"config version {self.version} is not supported (this is {CONFIG_VERSION})")
+        if self.student is None:
+            raise DistillError("no student: pass --student DIR (a checkpoint directory)")
+        if self.output_dir is None:
+            raise DistillError("no output directory: pass -o OUT")
+        if self.data is None and self.teacher_cache is None:
+            raise DistillError(
+                "no data: pass --data PATH (text file, folder or .jsonl) or --teacher-cache DIR"
+            )
+        for name, allowed in (
+            ("kd_loss", KD_LOSSES),
+            ("mixed_precision", MIXED_PRECISIONS),
+            ("intermediate", (None, *INTERMEDIATE_LOSSES)),
+        ):
+            if getattr(self, name) not in allowed:
+                choices = ", ".join(str(a) for a in allowed)
+                raise DistillError(f"{name} must be one of {choices}; got {getattr(self, name)!r}")
+        for name in (
+            "steps",
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "eval_samples",
+            "top_k",
+            "keep_checkpoints",
+        ):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("eval_every", "save_every", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.seq_len < 2:
+            raise DistillError(f"seq_len must be at least 2 (one input and one target), got {self.seq_len}")
+        if self.warmup_steps is not None:
+            _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.chunk_size is not None:
+            _check_int("chunk_size", self.chunk_size, minimum=1)
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise DistillError(f"need lr > 0 and 0 <= min_lr <= lr; got lr={self.lr}, min_lr={self.min_lr}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise DistillError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
+        if not self.temperature > 0:
+            raise DistillError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise DistillError(f"jsd_beta must lie in [0, 1], got {self.jsd_beta}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise DistillError(
+                f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}"
+            )
+        for name in ("kd_weight", "ce_weight", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise DistillError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.intermediate_weight is not None and not self.intermediate_weight >= 0:
+            raise DistillError(f"intermediate_weight must be >= 0 or None, got {self.intermediate_weight}")
+        if self.kd_weight == 0 and self.ce_weight == 0 and self.intermediate is None:
+            raise DistillError("every loss term has weight 0: set kd_weight, ce_weight or intermediate")
+        if self.teacher_cache is not None:
+            if self.kd_loss != "topk-kl":
+                raise DistillError(
+                    f"a teacher cache holds top-k logits only, so it needs --kd-loss topk-kl (got {self.kd_loss})"
+                )
+            if self.intermediate is not None:
+                raise DistillError(
+                    "intermediate losses need the teacher's hidden states: drop --teacher-cache"
+                )
+        elif self.teacher is None and (self.kd_weight > 0 or self.intermediate is not None):
+            raise DistillError("no teacher: pass --teacher DIR, or --teacher-cache DIR from `cache-teacher`")
+        if self.resume and self.overwrite:
+            raise DistillError(
+                "--resume continues the run in the output directory, --overwrite deletes it: pick one"
+            )
+
+    @property
+    def uses_teacher_model(self) -> bool:
+        """Whether training runs the teacher (not when its logits come from a cache or nothing needs it)."""
+        return self.teacher_cache is None and (self.kd_weight > 0 or self.intermediate is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["layer_map"] is not None:
+            out["layer_map"] = [list(pair) for pair in out["layer_map"]]
+        return out
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **overrides) -> DistillConfig:
+        """Build from a mapping (keys may use dashes, as the CLI flags do); non-None overrides win."""
+        merged = {_field_name(k): v for k, v in values.items()}
+        merged.update({_field_name(k): v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise DistillError(
+                f"unknown distill setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> DistillConfig:
+        """Read a YAML mapping with the same keys as the fields (or CLI flags); non-None overrides win."""
+        path = Path(path)
+        if not path.is_file():
+            raise DistillError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DistillError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise DistillError(f"{path} must hold a mapping of settings, e.g. 'steps: 100'")
+        return cls.from_dict(values, **overrides)
+
+
+def _field_name(key: str) -> str:
+    key = str(key).replace("-", "_")
+    return "output_dir" if key == "output" else key
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DistillError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,277 @@
+"""Offline teacher: run the teacher once over a dataset and keep its top-k logits in sharded safetensors.
+
+result = cache_teacher("parent", "text/", "teacher_cache", seq_len=512, top_k=64)
+cache = TeacherCache("teacher_cache")
+ids = cache.input_ids("train")                       # [N, S] the tokens the teacher saw
+values, indices = cache.topk("train", torch.tensor([3, 7]))   # [2, S - 1, k] each
+
+Layout of the directory:
+
+- ``teacher_cache.json``: version, teacher, vocabulary, data settings and the shard list per split;
+- ``{split}-{i:05d}.safetensors`` (split ``train`` or ``heldout``), each with ``input_ids [n, S]`` int64,
+  ``topk_values [n, S - 1, k]`` (the teacher's largest logits at positions 0..S-2, descending; position t
+  predicts ``input_ids[:, t + 1]``) and ``topk_indices [n, S - 1, k]`` int32 (their vocabulary ids);
+- the teacher's tokenizer files (the tokens were made with it).
+
+Several processes (``torchrun``) split the shards between them. The directory is written beside its
+target and renamed when complete, so a cache either exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..checkpoint import check_output_dir, load_config
+from ..report import format_table, human
+from .batches import distill_samples, fingerprint
+from .config import DistillError
+from .models import Vocabulary, load_causal_lm, load_tokenizer, vocabulary
+
+__all__ = [
+    "CACHE_META",
+    "CACHE_VERSION",
+    "TeacherCache",
+    "TeacherCacheResult",
+    "cache_teacher",
+    "write_topk_shards",
+]
+
+CACHE_VERSION = 1
+CACHE_META = "teacher_cache.json"
+SPLITS = ("train", "heldout")
+_VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TeacherCacheResult:
+    output_dir: Path
+    num_train: int
+    num_heldout: int
+    seq_len: int
+    top_k: int
+    seconds: float
+    bytes: int
+
+    def table(self) -> str:
+        tokens = (self.num_train + self.num_heldout) * self.seq_len
+        rows = [
+            ["samples (train / held-out)", f"{self.num_train} / {self.num_heldout}"],
+            ["tokens", human(tokens)],
+            ["top-k", self.top_k],
+            ["size on disk", human(self.bytes, "B")],
+            ["teacher tokens/s", f"{tokens / max(self.seconds, 1e-9):,.0f}"],
+        ]
+        return format_table(rows, ["teacher cache", "value"])
+
+
+@torch.no_grad()
+def write_topk_shards(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    out_dir: Path,
+    split: str,
+    top_k: int,
+    batch_size: int = 4,
+    shard_samples: int = 256,
+    values_dtype: torch.dtype = torch.float32,
+    rank: int = 0,
+    num_processes: int = 1,
+    progress: bool = True,
+) -> list[list]:
+    """Write the top-k shards of ``input_ids [N, S]``; this process writes shards ``rank::num_processes``.
+
+    Returns ``[file name, samples]`` for every shard of the split (all processes' shards).
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    starts = range(0, len(input_ids), shard_samples)
+    shards = [
+        [f"{split}-{i:05d}.safetensors", len(input_ids[s : s + shard_samples])] for i, s in enumerate(starts)
+    ]
+    mine = range(rank, len(shards), num_processes)
+    total = sum(shards[i][1] for i in mine)
+    bar = tqdm(total=total, desc=f"teacher top-k ({split})", disable=None if progress else True)
+    for i in mine:
+        ids = input_ids[starts[i] : starts[i] + shard_samples]
+        values, indices = [], []
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size].to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+            top = logits.float().topk(top_k, dim=-1)
+            values.append(top.values.to(values_dtype).cpu())
+            indices.append(top.indices.to(torch.int32).cpu())
+            bar.update(len(batch))
+        tensors = {
+            "input_ids": ids.contiguous(),
+            "topk_values": torch.cat(values),
+            "topk_indices": torch.cat(indices),
+        }
+        save_file(tensors, out_dir / shards[i][0], metadata={"format": "pt"})
+    bar.close()
+    return shards
+
+
+def cache_teacher(
+    teacher: str | Path,
+    data: str | Path,
+    output_dir: str | Path,
+    *,
+    seq_len: int = 512,
+    num_samples: int | None = None,
+    top_k: int = 64,
+    batch_size: int = 4,
+    eval_samples: int = 16,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    shard_samples: int = 256,
+    values_dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TeacherCacheResult:
+    """Run ``teacher`` once over ``data`` and store its top-k logits for offline distillation.
+
+    The tokens are made exactly as :func:`nemocompress.distill.distill` makes them (the teacher's
+    tokenizer, the same document split and packing for a given ``seq_len``, ``heldout_fraction`` and
+    ``seed``): ``num_samples`` train samples (None: all) and ``eval_samples`` held-out samples, the latter
+    giving the held-out KL during training. Train with ``DistillConfig(teacher_cache=output_dir,
+    kd_loss="topk-kl")``. ``values_dtype`` float32 (default), bfloat16 or float16 for the logit values
+    (bfloat16 halves them on disk but rounds logits near 20 by up to 0.06).
+
+    Returns where the cache is and how large it is. Raises DistillError / DataError / CheckpointError /
+    OutputError for bad input, before any teacher forward.
+    """
+    from accelerate import PartialState
+
+    if values_dtype not in _VALUE_DTYPES:
+        raise DistillError(f"values_dtype must be one of {', '.join(_VALUE_DTYPES)}, got {values_dtype!r}")
+    if top_k < 1 or seq_len < 2 or batch_size < 1 or shard_samples < 1 or eval_samples < 1:
+        raise DistillError("top_k, batch_size, shard_samples and eval_samples must be >= 1 and seq_len >= 2")
+    state = PartialState(cpu=not torch.cuda.is_available())
+    target = check_output_dir(output_dir, overwrite, inputs=(teacher, data))
+    load_config(teacher)  # CheckpointError for a missing teacher, before any work
+    tokenizer = load_tokenizer(teacher)
+    train_ids, heldout_ids = distill_samples(
+        tokenizer, str(data), seq_len, eval_samples, heldout_fraction, seed, num_samples
+    )
+    dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
+    model = load_causal_lm(teacher, dtype).to(state.device)
+    if top_k > model.config.vocab_size:
+        raise DistillError(f"top_k {top_k} exceeds the teacher's vocabulary of {model.config.vocab_size}")
+    tmp = target.parent / f".{target.name}.tmp-cache"
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    state.wait_for_everyone()
+    start = time.perf_counter()
+    shards = {}
+    for split, ids in (("train", train_ids), ("heldout", heldout_ids)):
+        shards[split] = write_topk_shards(
+            model, ids, tmp, split, top_k, batch_size, shard_samples, _VALUE_DTYPES[values_dtype],
+            state.process_index, state.num_processes, progress,
+        )  # fmt: skip
+    seconds = time.perf_counter() - start
+    state.wait_for_everyone()
+    if state.is_main_process:
+        vocab = vocabulary(model.config, tokenizer)
+        meta = {
+            "version": CACHE_VERSION,
+            "teacher": str(teacher),
+            "teacher_model_type": model.config.model_type,
+            "vocab_size": vocab.size,
+            "tokenizer_digest": vocab.digest,
+            "data": str(data),
+            "seq_len": seq_len,
+            "top_k": top_k,
+            "values_dtype": values_dtype,
+            "heldout_fraction": heldout_fraction,
+            "seed": seed,
+            "splits": {
+                split: {"num_samples": sum(n for _, n in shards[split]), "shards": shards[split],
+                        "fingerprint": fingerprint(ids)}
+                for split, ids in (("train", train_ids), ("heldout", heldout_ids))
+            },
+        }  # fmt: skip
+        (tmp / CACHE_META).write_text(json.dumps(meta, indent=1))
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    state.wait_for_everyone()
+    size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    return TeacherCacheResult(target, len(train_ids), len(heldout_ids), seq_len, top_k, seconds, size)
+
+
+class TeacherCache:
+    """Read access to a directory written by :func:`cache_teacher`; reads only the rows it is asked for."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_file = self.path / CACHE_META
+        if not meta_file.is_file():
+            raise DistillError(
+                f"{self.path} is not a teacher cache (no {CACHE_META}): write one with `nemocompress cache-teacher`"
+            )
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("version") != CACHE_VERSION:
+            raise DistillError(f"{self.path} has cache version {self.meta.get('version')}; rebuild it")
+        self._files: dict[str, object] = {}
+        self._rows: dict[str, list[tuple[str, int]]] = {}
+        for split in SPLITS:
+            rows = []
+            for name, n in self.meta["splits"][split]["shards"]:
+                if not (self.path / name).is_file():
+                    raise DistillError(f"{self.path / name} is missing: rebuild the cache")
+                rows += [(name, r) for r in range(n)]
+            self._rows[split] = rows
+
+    @property
+    def top_k(self) -> int:
+        return int(self.meta["top_k"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.meta["seq_len"])
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(int(self.meta["vocab_size"]), self.meta.get("tokenizer_digest"))
+
+    def num_samples(self, split: str) -> int:
+        return len(self._rows[split])
+
+    def _file(self, name: str):
+        if name not in self._files:
+            self._files[name] = safe_open(self.path / name, framework="pt")
+        return self._files[name]
+
+    def input_ids(self, split: str) -> torch.Tensor:
+        """``[N, S]`` int64: every sample of ``split``, in cache order."""
+        names = [name for name, _ in self.meta["splits"][split]["shards"]]
+        return torch.cat([self._file(name).get_tensor("input_ids") for name in names]).long()
+
+    def topk(
+        self, split: str, samples: torch.Tensor, k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher top-k of the given samples: float32 values and int64 indices, each ``[n, S - 1, k]``.
+
+        ``k`` (default: all cached) keeps the k largest, which the cache stores first.
+        """
+        k = self.top_k if k is None else k
+        if k > self.top_k:
+            raise DistillError(f"asked for the teacher's top {k} but {self.path} holds only {self.top_k}")
+        values, indices = [], []
+        for i in samples.tolist():
+            name, row = self._rows[split][i]
+            f = self._file(name)
+            values.append(f.get_slice("topk_values")[row : row + 1, :, :k])
+            indices.append(f.get_slice("topk_indices")[row : row + 1, :, :k])
+        return torch.cat(values).float(), torch.cat(indices).long()

@@ -1,0 +1,499 @@
+"""The distillation loop: one function on accelerate, read top to bottom.
+
+result = distill(DistillConfig(teacher="parent", student="pruned", data="text/", output_dir="out"))
+print(result.table())       # held-out loss, KL to the teacher, bits per byte: before and after
+
+One process on CPU; under ``torchrun`` / ``accelerate launch`` on GPUs, DDP or FSDP as accelerate is
+configured (the teacher is frozen, in eval mode, replicated on every device or, with
+``shard_teacher`` under FSDP, sharded like the student). Each optimizer step reads a global batch
+chosen by :class:`~nemocompress.distill.batches.DataOrder` (a pure function of seed and step), so a
+resumed run computes bitwise what the uninterrupted run computes (on CPU; GPU kernels may not be
+deterministic).
+
+``output_dir`` holds, while training runs and after:
+
+- ``distill_config.yaml``: the settings (``nemocompress distill --config`` reads it back);
+- ``checkpoints/step-XXXXXXXX/``: accelerate state (model, optimizer, torch / python / numpy RNG of
+  every process) plus ``trainer_state.json`` (step, samples read, global batch, data fingerprint,
+  settings), written beside and renamed, so a checkpoint is whole or absent; the last
+  ``keep_checkpoints`` are kept. The learning rate (:func:`lr_at`) and the data position are pure
+  functions of the step, so the step restores them;
+- ``metrics.jsonl``: one record per step (loss terms, lr, grad norm, tokens, tokens/s) and per
+  evaluation (``eval/loss``, ``eval/kl`` or ``eval/kl_topk``, ``eval/bpb``);
+- ``loss_curve.png``; and at the end ``final/``: the student as a stock Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_output_dir, check_output_dir, load_config
+from ..errors import OutputError
+from ..evaluate import bits_per_byte_from_nats
+from ..report import format_table
+from .batches import DataOrder, distill_samples, fingerprint
+from .config import RESUME_MAY_CHANGE, DistillConfig, DistillError
+from .losses import (
+    HiddenStateProjection,
+    chunked_kd_loss,
+    cross_entropy_loss,
+    dynamic_alpha,
+    mapped_hidden_loss,
+    token_divergence,
+    topk_forward_kl,
+)
+from .metrics import MetricsLog, plot_loss_curve
+from .models import check_same_vocabulary, has_tokenizer, load_causal_lm, load_tokenizer, vocabulary
+from .teacher_cache import TeacherCache
+
+__all__ = ["DistillResult", "distill", "latest_checkpoint", "lr_at"]
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+METRICS = "metrics.jsonl"
+CURVE = "loss_curve.png"
+CONFIG_FILE = "distill_config.yaml"
+STATE_FILE = "trainer_state.json"
+DIVERGENCES = {"kl": "forward_kl", "rkl": "reverse_kl", "jsd": "jsd", "tvd": "tvd"}
+_STEP_DIR = re.compile(r"step-(\d{8})")
+
+
+@dataclass
+class DistillResult:
+    """Where the run wrote its outputs, and every metrics record (earlier ones too, after a resume)."""
+
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    resumed_from: int | None
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def evals(self) -> list[dict]:
+        return [r for r in self.records if any(k.startswith("eval/") for k in r)]
+
+    def table(self) -> str:
+        evals = self.evals
+        keys = [k for k in ("eval/loss", "eval/kl", "eval/kl_topk", "eval/bpb") if evals and k in evals[0]]
+        rows = [[k[5:], *(f"{e[k]:.4f}" for e in (evals[0], evals[-1]))] for k in keys]
+        train = [r for r in self.records if "tokens_per_s" in r]
+        if train:
+            rows.append(
+                ["tokens/s (train)", "", f"{sum(r['tokens_per_s'] for r in train) / len(train):,.0f}"]
+            )
+        first, last = (evals[0]["step"], evals[-1]["step"]) if evals else ("-", "-")
+        return format_table(rows, ["held-out", f"step {first}", f"step {last}"])
+
+
+def lr_at(step: int, config: DistillConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr``."""
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(0.05 * config.steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Trainable(nn.Module):
+    """What the optimizer updates: the student and, for intermediate losses, the hidden-state projection."""
+
+    def __init__(self, student: nn.Module, projection: HiddenStateProjection | None) -> None:
+        super().__init__()
+        self.student = student
+        self.projection = projection
+
+    def forward(self, input_ids: Tensor, hidden_layers: tuple[int, ...] = ()) -> tuple[Tensor, list[Tensor]]:
+        """``[B, S]`` ids -> ``[B, S, V]`` logits and the projected hidden states of ``hidden_layers``."""
+        out = self.student(input_ids=input_ids, use_cache=False, output_hidden_states=bool(hidden_layers))
+        hidden = [self.projection(out.hidden_states[i]) for i in hidden_layers]
+        return out.logits, hidden
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``output_dir/checkpoints``, or None."""
+    root = Path(output_dir) / CHECKPOINTS
+    found = [p for p in root.glob("step-*") if _STEP_DIR.fullmatch(p.name) and (p / STATE_FILE).is_file()]
+    return max(found, key=lambda p: int(p.name[5:]), default=None)
+
+
+def distill(config: DistillConfig) -> DistillResult:
+    """Train ``config.student`` to imitate ``config.teacher`` (see :class:`DistillConfig`); return the result.
+
+    Bad input (a missing or corrupt checkpoint, teacher and student with different vocabularies, empty
+    or too little data, an existing output directory without ``resume``/``overwrite``) raises a
+    NemocompressError before anything is written. A NaN or infinite loss or gradient norm stops the run
+    with DistillError before the optimizer step, leaving the last checkpoint as it was.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, set_seed
+
+    on_gpu = torch.cuda.is_available()
+    mixed_precision = (
+        ("bf16" if on_gpu else "no") if config.mixed_precision == "auto" else config.mixed_precision
+    )
+    out = Path(config.output_dir)
+    accelerator = Accelerator(
+        cpu=not on_gpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+        log_with=config.trackers or None,
+        project_dir=out,
+    )
+    main = accelerator.is_main_process
+    set_seed(config.seed, device_specific=True)
+
+    # ------------------------------------------------------------------ inputs, all checked before writing
+    inputs = [p for p in (config.teacher, config.student, config.data, config.teacher_cache) if p is not None]
+    check_output_dir(out, overwrite=True, inputs=tuple(inputs))
+    if out.exists() and not (config.resume or config.overwrite):
+        raise OutputError(f"{out} already exists: pass --resume to continue it, --overwrite to start over")
+    cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
+    student_config = load_config(config.student)
+    teacher_config = load_config(config.teacher) if config.teacher else None
+    tokenizer = load_tokenizer(config.student, config.teacher, config.teacher_cache)
+    student_vocab = vocabulary(student_config, tokenizer)
+    if cache is not None:
+        check_same_vocabulary(cache.vocabulary, student_vocab, f"cache {cache.path}", config.student)
+    if teacher_config is not None:
+        teacher_tokenizer = load_tokenizer(config.teacher) if has_tokenizer(config.teacher) else None
+        teacher_vocab = vocabulary(teacher_config, teacher_tokenizer)
+        check_same_vocabulary(teacher_vocab, student_vocab, config.teacher, config.student)
+    if cache is not None:
+        if cache.seq_len != config.seq_len:
+            raise DistillError(
+                f"the teacher cache holds {cache.seq_len}-token samples: pass --seq-len {cache.seq_len}"
+            )
+        train_ids = cache.input_ids("train")
+        heldout_ids = cache.input_ids("heldout")[: config.eval_samples]
+    else:
+        train_ids, heldout_ids = distill_samples(
+            tokenizer, config.data, config.seq_len, config.eval_samples, config.heldout_fraction, config.seed
+        )
+    student = load_causal_lm(config.student)
+    teacher = None
+    if config.teacher is not None and cache is None:  # also when only evaluation needs it (KL to teacher)
+        teacher = load_causal_lm(
+            config.teacher, torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+        )
+    pairs, projection = [], None  # (student, teacher) hidden-state indices for the intermediate loss
+    if config.intermediate is not None:
+        pairs = config.layer_map or _default_layer_map(student.config, teacher.config)
+        projection = HiddenStateProjection(student.config.hidden_size, teacher.config.hidden_size)
+
+    # ------------------------------------------------------------------ output directory and resume point
+    resume_from = latest_checkpoint(out) if config.resume else None
+    if main:
+        if config.overwrite and out.exists():
+            shutil.rmtree(out)
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        for stale in (out / CHECKPOINTS).glob(".step-*"):  # torn by a kill during a save
+            shutil.rmtree(stale, ignore_errors=True)
+        replace(config, resume=False, overwrite=False).save_yaml(out / CONFIG_FILE)  # settings, not actions
+    accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ models, optimizer, accelerate
+    model = _Trainable(student.train(), projection)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+        if config.shard_teacher:
+            if accelerator.distributed_type != DistributedType.FSDP:
+                raise DistillError("shard_teacher needs FSDP (accelerate launch with an FSDP config)")
+            teacher = accelerator.prepare_model(teacher)  # sharded; accelerate saves it in checkpoints too
+        else:
+            teacher = teacher.to(accelerator.device)
+
+    num_micro, num_proc, rank = config.grad_accum, accelerator.num_processes, accelerator.process_index
+    global_batch = config.batch_size * num_micro * num_proc
+    tokens_per_step = global_batch * config.seq_len
+    targets_per_micro = global_batch * (config.seq_len - 1) / (num_micro * num_proc)  # see _loss_terms
+    order = DataOrder(len(train_ids), global_batch, config.seed)
+    data_id = fingerprint(train_ids)
+    step = 0
+    if resume_from is not None:
+        step = _load_checkpoint(accelerator, resume_from, config, global_batch, data_id)
+    metrics = MetricsLog(out / METRICS, keep_until=step if resume_from else None, enabled=main)
+    if config.trackers:
+        accelerator.init_trackers("nemocompress-distill", config=_tracker_config(config))
+    heldout = _Heldout(heldout_ids, tokenizer, cache)
+
+    def evaluate_and_log() -> None:
+        record = {"step": step, **_evaluate(model, teacher, heldout, config, accelerator.device)}
+        metrics.write(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    if step == 0:
+        evaluate_and_log()
+
+    # ------------------------------------------------------------------ the loop
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc="distill",
+        disable=(None if config.progress else True) if main else True,
+    )
+    while step < config.steps:
+        started = time.perf_counter()
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = order.micro_batches(step, num_micro, num_proc, rank)  # [K, B] sample indices
+        sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss, kd, ce, intermediate
+        for samples in micro_batches:
+            with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
+                input_ids = train_ids[samples].to(accelerator.device)
+                cached = cache.topk("train", samples, config.top_k) if cache is not None else None
+                terms = _loss_terms(model, teacher, input_ids, cached, config, targets_per_micro, pairs)
+                accelerator.backward(terms[0])
+            sums += torch.stack(terms).detach().double()
+        means = accelerator.reduce(sums, "sum") / (num_micro * num_proc)  # token means over the global batch
+        grad_norm = None
+        if config.max_grad_norm is not None and torch.isfinite(means).all():
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        if not torch.isfinite(means).all() or (grad_norm is not None and not torch.isfinite(grad_norm)):
+            bar.close()
+            message = _non_finite_message(step, means, grad_norm, order.step_indices(step), out)
+            metrics.write({"step": step + 1, "error": message})
+            accelerator.end_training()
+            raise DistillError(message)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        seconds = time.perf_counter() - started
+        loss, kd, ce, inter = means.tolist()
+        record = {"step": step, "loss": loss, "kd": kd, "ce": ce, "intermediate": inter, "lr": lr,
+                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "tokens": step * tokens_per_step, "step_s": seconds, "tokens_per_s": tokens_per_step / seconds}  # fmt: skip
+        metrics.write(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if step == config.steps or (config.eval_every and step % config.eval_every == 0):
+            evaluate_and_log()
+        if config.save_every and step % config.save_every == 0:
+            state = {"step": step, "samples": step * global_batch, "global_batch": global_batch, "data": data_id,
+                     "config": config.to_dict()}  # fmt: skip
+            _save_checkpoint(accelerator, out, step, state, config.keep_checkpoints)
+    bar.close()
+
+    # ------------------------------------------------------------------ the student as a stock checkpoint
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # full weights on the main process (FSDP gathers them)
+    if main:
+        student_state = {
+            k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")
+        }
+        with atomic_output_dir(out / FINAL, overwrite=True) as tmp:
+            accelerator.unwrap_model(model).student.save_pretrained(tmp, state_dict=student_state)
+            tokenizer.save_pretrained(tmp)
+        plot_loss_curve(metrics.records, out / CURVE)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return DistillResult(
+        out, out / FINAL, step, None if resume_from is None else int(resume_from.name[5:]), metrics.records
+    )
+
+
+# ---------------------------------------------------------------------- one micro-batch's loss
+
+
+def _loss_terms(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    input_ids: Tensor,
+    cached: tuple[Tensor, Tensor] | None,
+    config: DistillConfig,
+    num_items: float,
+    pairs: list[tuple[int, int]],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(loss, kd, ce, intermediate)`` of one micro-batch ``[B, S]``, each a sum over its targets / ``num_items``.
+
+    ``num_items`` is the global number of targets divided by (micro-batches x processes): accelerate
+    divides each loss by the micro-batch count and DDP averages gradients over processes, so the
+    gradient of a step is exactly that of the token mean over the global batch.
+    """
+    student_logits, student_hidden = model(input_ids, tuple(s for s, _ in pairs))
+    student_logits = student_logits[:, :-1]  # position t predicts token t + 1
+    labels = input_ids[:, 1:]
+    kd = ce = inter = torch.zeros((), device=input_ids.device)
+    teacher_out = None
+    if teacher is not None and config.uses_teacher_model:
+        with torch.no_grad():
+            teacher_out = teacher(input_ids=input_ids, use_cache=False, output_hidden_states=bool(pairs))
+    if config.kd_weight > 0:
+        if config.kd_loss == "topk-kl":
+            if cached is None:
+                top = teacher_out.logits[:, :-1].float().topk(config.top_k, dim=-1)
+                cached = (top.values, top.indices)
+            values, indices = (t.to(input_ids.device) for t in cached)
+            kd = topk_forward_kl(
+                student_logits, values, indices, temperature=config.temperature, num_items=num_items
+            )
+        else:
+            kd = chunked_kd_loss(
+                student_logits, teacher_out.logits[:, :-1], DIVERGENCES[config.kd_loss], beta=config.jsd_beta,
+                temperature=config.temperature, num_items=num_items, chunk_size=config.chunk_size,
+            )  # fmt: skip
+    if config.ce_weight > 0:
+        ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
+    logit_loss = config.kd_weight * kd + config.ce_weight * ce
+    loss = logit_loss
+    if config.intermediate is not None:  # student_hidden[i] is already projected, teacher layer pairs[i][1]
+        student_hidden = [h[:, :-1] for h in student_hidden]
+        teacher_hidden = [teacher_out.hidden_states[t][:, :-1] for _, t in pairs]
+        in_order = [(i, i) for i in range(len(pairs))]
+        inter = mapped_hidden_loss(
+            student_hidden, teacher_hidden, in_order, kind=config.intermediate, num_items=num_items
+        )
+        alpha = config.intermediate_weight
+        loss = loss + (dynamic_alpha(logit_loss, inter) if alpha is None else alpha) * inter
+    return loss, kd, ce, inter
+
+
+def _default_layer_map(student_config, teacher_config) -> list[tuple[int, int]]:
+    """Student layer i -> teacher layer round(i * L_t / L_s), i = 1..L_s (hidden-state indices)."""
+    num_s, num_t = student_config.num_hidden_layers, teacher_config.num_hidden_layers
+    return [(i, round(i * num_t / num_s)) for i in range(1, num_s + 1)]
+
+
+# ---------------------------------------------------------------------- held-out evaluation
+
+
+class _Heldout:
+    """Held-out samples ``[M, S]`` with what bits per byte needs, computed once."""
+
+    def __init__(self, input_ids: Tensor, tokenizer, cache: TeacherCache | None) -> None:
+        self.input_ids = input_ids
+        self.cache = cache
+        targets = input_ids[:, 1:]
+        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=targets.dtype)
+        self.counted = ~torch.isin(targets, special)  # targets that carry bytes
+        self.num_bytes = sum(len(tokenizer.decode(row, skip_special_tokens=True).encode()) for row in targets)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, teacher: nn.Module | None, heldout: _Heldout, config: DistillConfig, device
+) -> dict:
+    """Held-out loss (nats/token), KL(teacher || student) per token and bits per byte, on every process."""
+    model.eval()
+    nats = counted_nats = kl = 0.0
+    num_targets = 0
+    for start in range(0, len(heldout.input_ids), config.batch_size):
+        rows = torch.arange(start, min(start + config.batch_size, len(heldout.input_ids)))
+        input_ids = heldout.input_ids[rows].to(device)
+        logits = model(input_ids)[0][:, :-1].float()
+        per_token = F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none")
+        nats += per_token.sum().item()
+        counted_nats += per_token[heldout.counted[rows].flatten().to(device)].sum().item()
+        num_targets += per_token.numel()
+        if heldout.cache is not None:
+            values, indices = (t.to(device) for t in heldout.cache.topk("heldout", rows, config.top_k))
+            kl += topk_forward_kl(logits, values, indices).item() * per_token.numel()
+        elif teacher is not None:
+            teacher_logits = teacher(input_ids=input_ids, use_cache=False).logits[:, :-1]
+            kl += token_divergence(logits, teacher_logits, "forward_kl").sum().item()
+    model.train()
+    record = {
+        "eval/loss": nats / num_targets,
+        "eval/bpb": bits_per_byte_from_nats(counted_nats, heldout.num_bytes),
+    }
+    if heldout.cache is not None:
+        record["eval/kl_topk"] = kl / num_targets
+    elif teacher is not None:
+        record["eval/kl"] = kl / num_targets
+    return record
+
+
+# ---------------------------------------------------------------------- checkpoints and the NaN guard
+
+
+def _save_checkpoint(accelerator, out: Path, step: int, state: dict, keep: int) -> None:
+    """accelerate state + ``trainer_state.json`` into a temporary directory, renamed when complete."""
+    root = out / CHECKPOINTS
+    final, tmp = root / f"step-{step:08d}", root / f".step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    tied = logging.getLogger(
+        "accelerate.utils.other"
+    )  # warns that it drops tied weights; loading re-ties them
+    level = tied.level
+    tied.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(tmp)  # every process writes its RNG state; the main one model and optimizer
+    finally:
+        tied.setLevel(level)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        done = sorted((p for p in root.glob("step-*") if _STEP_DIR.fullmatch(p.name)), key=lambda p: p.name)
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(
+    accelerator, checkpoint: Path, config: DistillConfig, global_batch: int, data_id: str
+) -> int:
+    """Restore model, optimizer and RNG states; refuse a checkpoint of a different run. Returns its step."""
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    if state["global_batch"] != global_batch:
+        raise DistillError(
+            f"{checkpoint} was trained with a global batch of {state['global_batch']} sequences, this run has "
+            f"{global_batch} (batch_size x grad_accum x processes): match it to resume"
+        )
+    if state["data"] != data_id:
+        raise DistillError(
+            f"the training tokens differ from those of {checkpoint}: resume with the same data"
+        )
+    now = config.to_dict()
+    changed = [
+        f"{k} {v!r} -> {now.get(k)!r}"
+        for k, v in state["config"].items()
+        if k not in RESUME_MAY_CHANGE and now.get(k) != v
+    ]
+    if changed:
+        raise DistillError(
+            f"settings differ from {checkpoint}: {'; '.join(changed)}; resume with the same ones"
+        )
+    accelerator.load_state(checkpoint)
+    return int(state["step"])
+
+
+def _non_finite_message(step: int, means: Tensor, grad_norm, samples: Tensor, out: Path) -> str:
+    loss, kd, ce, inter = means.tolist()
+    last = latest_checkpoint(out)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    norm = "" if grad_norm is None else f", grad norm {float(grad_norm):.4g}"
+    shown = samples.tolist()[:8]
+    return (
+        f"step {step + 1}: non-finite loss {loss} (kd {kd}, ce {ce}, intermediate {inter}{norm}); stopped before "
+        f"the optimizer step, so {where}. The batch held train samples {shown}"
+        f"{' ...' if len(samples) > 8 else ''}: check the data (or lower --lr), then rerun with --resume"
+    )
+
+
+def _tracker_config(config: DistillConfig) -> dict:
+    return {
+        k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in config.to_dict().items()
+    }
