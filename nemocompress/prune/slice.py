@@ -64,6 +64,7 @@ def slice_model(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
     dtype = next(model.parameters()).dtype
     with no_init_weights():  # every parameter is loaded below: skip the random initialization
         new_model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
+    new_model.tie_weights()  # skipped with the initialization
     new_model.load_state_dict(state, strict=True)
     return new_model.eval()
 
