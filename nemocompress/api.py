@@ -317,7 +317,8 @@ def prune(
             found = load_importance(scores, model_dir, options)
         elif data is not None:
             window = adapter.num_layers(config) - targets.get("num_layers", adapter.num_layers(config))
-            blocks = (1, window) if options.layer_selection == "contiguous" and window > 1 else (1,)
+            blocks = () if "num_layers" not in targets else (1,)  # layer scores only when depth is pruned
+            blocks = (1, window) if options.layer_selection == "contiguous" and window > 1 else blocks
             found = importance(model_dir, data, None, options, blocks, progress=progress)
             if options.layer_selection == "iterative" and "num_layers" in targets:
                 layers = _iterative_layers(model_dir, data, options, targets["num_layers"], progress)
@@ -357,7 +358,7 @@ class DemoResult:
 def demo(
     output_dir: str | Path | None = None,
     export_config: str | dict | None = None,
-    ranking: str = "magnitude",
+    ranking: str = "activation",
     samples: int = 16,
     seq_len: int = 256,
     progress: bool = True,
@@ -375,9 +376,10 @@ def demo(
 
     parent = fetch_smollm2()
     output_dir = Path(output_dir) if output_dir else cache_root() / "demo" / "smollm2-135m-pruned"
-    result = prune(
-        parent, output_dir, export_config or DEMO_EXPORT, importance, overwrite=True, progress=progress
-    )
+    options = ImportanceOptions(ranking=ranking)
+    data = fetch_text("shakespeare") if options.needs_data else None
+    export = export_config or DEMO_EXPORT
+    result = prune(parent, output_dir, export, options, data=data, overwrite=True, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(parent)
     _, heldout = split_texts(load_texts(fetch_text("shakespeare")), heldout_fraction=0.1, seed=0)
     ids = pack_tokens(tokenizer, heldout, seq_len, num_samples=samples, seed=0)

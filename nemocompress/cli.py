@@ -67,7 +67,7 @@ def _importance(args) -> None:
 
 def _demo(args) -> None:
     result = api.demo(
-        args.output, args.export_config, args.importance or "magnitude", args.samples, args.seq_len
+        args.output, args.export_config, args.importance or "activation", args.samples, args.seq_len
     )
     print(result.table())
     print(f"\npruned checkpoint: {result.prune.output_dir}")
@@ -147,7 +147,12 @@ def _ranking_flags(p, data_required: bool = False) -> None:
     p.add_argument(
         "--layer-metric", default="nmse", choices=LAYER_METRICS, help="layer importance (default nmse)"
     )
-    p.add_argument("--layer-selection", default="individual", choices=LAYER_SELECTIONS, help="which layers num_layers drops")
+    p.add_argument(
+        "--layer-selection",
+        default="individual",
+        choices=LAYER_SELECTIONS,
+        help="which layers num_layers drops",
+    )
     p.add_argument("--seed", type=int, default=0, help="data shuffling and --importance random")
 
 
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default=None, help="where to write the pruned model (default: in the cache)"
     )
     p.add_argument("--export-config", default=None, help=f"sizes (default {json.dumps(api.DEMO_EXPORT)})")
-    p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default magnitude)")
+    p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default activation)")
     p.add_argument("--samples", type=int, default=16, help="held-out samples to score (default 16)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     p.set_defaults(func=_demo)
