@@ -13,8 +13,9 @@
 Held-out documents are never trained on (document-level split, seed 0). Results go to
 ``WORKDIR/results.json`` and a Markdown table on stdout.
 
-Usage (about 20 minutes on 2 CPU cores):
+Usage (about 20 minutes on 2 idle CPU cores), then a timing check of both losses under equal load:
   python benchmarks/exp_distill_recovery.py --workdir /tmp/exp_distill
+  python benchmarks/exp_distill_recovery.py --workdir /tmp/exp_distill --timing-only 2
 """
 
 from __future__ import annotations
@@ -52,7 +53,33 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--eval-samples", type=int, default=16)
+    p.add_argument(
+        "--timing-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time steps: N rounds of 3 KD then 3 CE steps on WORKDIR/pruned (from a full run)",
+    )
     return p.parse_args()
+
+
+def step_timing(args, work: Path, teacher_dir: Path) -> None:
+    """Seconds per step of KD and CE, interleaved so that both see the same machine load."""
+    common = dict(
+        teacher=teacher_dir, student=work / "pruned", data=fetch_text(args.train_domain), steps=3,
+        seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, eval_every=0, eval_samples=1,
+        save_every=0, overwrite=True, progress=False,
+    )  # fmt: skip
+    times = {"kd": [], "ce": []}
+    for _ in range(args.timing_only):
+        for name, kw in (("kd", {}), ("ce", {"kd_weight": 0.0, "ce_weight": 1.0})):
+            result = distill(DistillConfig(**common, **kw, output_dir=work / f"timing_{name}"))
+            times[name] += [r["step_s"] for r in result.records if "step_s" in r][1:]  # first step warms up
+    tokens = args.batch_size * args.seq_len
+    for name, t in times.items():
+        t = sorted(t)
+        median = t[len(t) // 2]
+        print(f"{name}: median {median:.2f} s/step ({tokens / median:.0f} tokens/s) over {len(t)} steps: {t}")
 
 
 def heldout_samples(tokenizer, corpus: str, seq_len: int, num: int) -> torch.Tensor:
@@ -92,6 +119,8 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     teacher_dir = fetch_smollm2()
+    if args.timing_only:
+        return step_timing(args, work, teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     timings = {}
 

@@ -67,13 +67,14 @@ def plot_loss_curve(records: list[dict], path: str | Path) -> Path:
     train = [r for r in records if "loss" in r and isinstance(r["loss"], float)]
     evals = [r for r in records if "eval/loss" in r]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "kd", "ce", "intermediate"):
+    terms = [k for k in ("kd", "ce", "intermediate") if any(r.get(k) for r in train)]
+    for key in ["loss", *terms] if len(terms) > 1 else ["loss"]:  # one term alone is the loss itself
         points = [(r["step"], r[key]) for r in train if isinstance(r.get(key), float)]
-        if points and (key == "loss" or any(v for _, v in points)):
-            left.plot(*zip(*points), label=key, linewidth=1)
+        left.plot(*zip(*points), label=key, linewidth=1)
     left.set_xlabel("step")
     left.set_ylabel("training loss")
-    left.legend()
+    if train:
+        left.legend()
     for key in ("eval/loss", "eval/kl", "eval/kl_topk"):
         points = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), float)]
         if points:
