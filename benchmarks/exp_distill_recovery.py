@@ -125,7 +125,7 @@ def main() -> None:
     timings = {}
 
     started = time.perf_counter()
-    # api.prune also scores every layer (about L/2 extra forwards), so calibration is kept small
+    # a small calibration set: activation scores for widths need few tokens, and CPU time is short
     options = api.ImportanceOptions(
         ranking=args.importance, samples=args.calib_samples, seq_len=args.calib_seq_len
     )
