@@ -232,7 +232,7 @@ class PruneResult:
 def _activation_plan(
     config, targets: dict, found: ImportanceResult, layers: torch.Tensor | None = None
 ) -> Plan:
-    """Targets -> plan from activation scores; Mamba heads are re-scored on the kept head channels.
+    """Targets -> plan from activation scores, outer units re-scored on the kept inner units.
 
     ``layers``: a layer ranking that overrides the one from ``found`` (iterative selection).
     """
@@ -243,12 +243,11 @@ def _activation_plan(
         scores["layers"] = (
             layers if layers is not None else _layer_ranking(found, adapter.num_layers(config), depth)
         )
-    head_dim_kind = "mamba_head_dim"
-    if head_dim_kind in targets and found.options.ranking == "activation":
-        first = plan_from_targets(config, {head_dim_kind: targets[head_dim_kind]}, scores)
-        restrict = {k: torch.tensor(v) for k, v in first.kept.items() if k.endswith(head_dim_kind)}
-        rescored = found.unit_scores(restrict)
-        scores.update({k: v for k, v in rescored.items() if k.endswith("mamba_heads")})
+    if found.options.ranking == "activation":
+        # Units made of inner positions (Mamba heads of head channels) are re-scored on the kept positions;
+        # scores of everything else do not depend on ``restrict`` and stay as they are.
+        first = plan_from_targets(config, targets, scores)
+        scores.update(found.unit_scores(first.kept_tensors()))
     return plan_from_targets(config, targets, scores)
 
 
