@@ -24,7 +24,7 @@ from nemocompress.errors import PlanError
 from nemocompress.evaluate import heldout_loss
 from nemocompress.importance.artifact import ImportanceArtifact
 from nemocompress.importance.calibrate import calibrate
-from nemocompress.importance.depth import finalize_layer_scores
+from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores
 from nemocompress.importance.scoring import activation_scores, flap_scores
 from nemocompress.importance.weights import magnitude_scores, random_scores
 from nemocompress.prune.minitron import plan_from_targets
@@ -46,7 +46,15 @@ def setup(model_dir, corpus, samples, seq_len, eval_samples, block_sizes):
         artifact = ImportanceArtifact.load(cache)
     else:
         start = time.perf_counter()
-        artifact = calibrate(model, adapter, calib, batch_size=4, block_sizes=block_sizes, token_moments=True)
+        artifact = calibrate(
+            model,
+            adapter,
+            calib,
+            batch_size=4,
+            block_sizes=block_sizes,
+            layer_metrics=LAYER_METRICS,
+            token_moments=True,
+        )
         print(f"calibration: {len(calib)} x {seq_len} tokens, {time.perf_counter() - start:.0f} s")
         artifact.save(cache)
     return model, adapter, artifact, heldout

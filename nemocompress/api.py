@@ -19,7 +19,7 @@ from .data import calibration_samples
 from .errors import PlanError
 from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
 from .importance.calibrate import calibrate
-from .importance.depth import finalize_layer_scores, iterative_layer_ranking
+from .importance.depth import CHEAP_METRICS, finalize_layer_scores, iterative_layer_ranking
 from .importance.options import ImportanceOptions
 from .importance.report import layer_table, plot_scores, score_table
 from .importance.scoring import activation_scores, flap_scores
@@ -141,13 +141,24 @@ class ImportanceResult:
                 f"no layer scores for blocks of {window} layers; recompute with `--block-size {window}` "
                 "(or pass --data so they are computed now)"
             )
-        return finalize_layer_scores(self.artifact.layers[window])
+        scores = finalize_layer_scores(self.artifact.layers[window])
+        if self.options.layer_metric not in scores:
+            raise ScoresError(
+                f"these scores have no {self.options.layer_metric!r} layer metric (they have "
+                f"{', '.join(scores)}); recompute them with `--layer-metric {self.options.layer_metric}`"
+            )
+        return scores
 
     def table(self) -> str:
         adapter = get_adapter(self.config)
         units = score_table(self.unit_scores(), adapter.axis_map(self.config))
         layers = layer_table(self.layer_scores(min(self.artifact.layers)), adapter.layer_kinds(self.config))
         return f"{units}\n\n{layers}"
+
+
+def _layer_metrics(options: ImportanceOptions) -> tuple[str, ...]:
+    """The cheap layer metrics, and the chosen one when it needs the LM head on every layer."""
+    return tuple(dict.fromkeys((*CHEAP_METRICS, options.layer_metric)))
 
 
 def _model_and_samples(model_dir, data, options: ImportanceOptions):
@@ -181,6 +192,7 @@ def importance(
         samples,
         batch_size=options.batch_size,
         block_sizes=block_sizes,
+        layer_metrics=_layer_metrics(options),
         seq_agg=options.seq_agg,
         token_moments=options.ranking == "flap",
         progress=progress,

@@ -11,7 +11,8 @@ on CPU transformers uses that path by itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,24 @@ from torch.nn.utils import parametrize
 
 from .base import Adapter, MaskSite, dim_indices
 
-__all__ = ["MaskHandle", "apply_masks", "bypass_layers"]
+__all__ = ["MaskHandle", "apply_masks", "bypass_layers", "overridden_forwards"]
+
+
+@contextlib.contextmanager
+def overridden_forwards(forwards: Mapping[nn.Module, Callable]):
+    """Replace each module's ``forward`` for the duration; restores whatever instance forward was there
+    before (e.g. one that accelerate's device hooks installed)."""
+    saved = {m: m.__dict__.get("forward") for m in forwards}
+    try:
+        for module, forward in forwards.items():
+            module.forward = forward
+        yield
+    finally:
+        for module, previous in saved.items():
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
 
 
 def _indicator(site: MaskSite, kept: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

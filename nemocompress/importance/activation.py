@@ -7,13 +7,14 @@ the adapter's score sites; nothing here knows a model family.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..arch import Adapter, ScoreSite
+from ..arch.masking import overridden_forwards
 
 __all__ = ["Stats", "ActivationCollector", "add_stats", "SEQ_AGGREGATIONS", "CONSTANT_STATS"]
 
@@ -60,6 +61,7 @@ class ActivationCollector:
         by_module: dict[str, list[ScoreSite]] = {}
         for site in self.sites:
             by_module.setdefault(site.module, []).append(site)
+        forwards = {}
         for name, sites in by_module.items():
             module = self.model.get_submodule(name)
             for site in sites:
@@ -67,20 +69,24 @@ class ActivationCollector:
                     w = getattr(module, site.weight).detach()
                     cols = w[:, site.start : site.start + site.width].to(torch.float64)
                     self.stats.setdefault(site.key, {})["wcol2"] = cols.pow(2).sum(0).cpu()
-            self._hooks.append(module.register_forward_hook(self._hook(sites), with_kwargs=True))
+            (experts,) = [s for s in sites if s.how == "experts"] or [None]
+            if experts is not None:
+                forwards[module] = self._experts_forward(experts, module)
+            else:
+                self._hooks.append(module.register_forward_hook(self._hook(sites), with_kwargs=True))
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(overridden_forwards(forwards))
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._exit.close()
 
     def _hook(self, sites: list[ScoreSite]):
         def hook(module, args, kwargs, output):
             for site in sites:
-                if site.how == "experts":
-                    self._experts(site, module, args, kwargs)
-                    continue
                 x = output if site.where == "output" else (args[0] if args else next(iter(kwargs.values())))
                 x = x[0] if isinstance(x, tuple) else x
                 self._activation(site, x[..., site.start : site.start + site.width])
@@ -106,46 +112,43 @@ class ActivationCollector:
             n_tok = torch.tensor(float(tokens.shape[0]))
             self._add(site.key, tok_sum=tokens.sum(0), tok_sumsq=tokens.pow(2).sum(0), n_tok=n_tok)
 
-    @torch.no_grad()
-    def _experts(self, site: ScoreSite, module: nn.Module, args, kwargs) -> None:
-        """REAP, routing frequency, output norm per expert, and expert-neuron moments (shared ranking).
-
-        Each routed (token, expert) pair is recomputed once, tokens grouped by expert.
+    def _experts_forward(self, site: ScoreSite, module: nn.Module):
+        """The experts' forward, computed once per routed (token, expert) pair with the statistics taken on
+        the way: REAP, routing frequency and output norm per expert, and the expert-neuron moments (one
+        ranking shared by all experts). The output equals the module's own forward.
         """
-        hidden, index, weights = (list(args) + [kwargs.get(k) for k in ("top_k_index", "top_k_weights")])[:3]
         up_name, down_name = site.param_names
-        up, down = getattr(module, up_name), getattr(module, down_name)
-        num_experts = up.shape[0]
-        flat = index.reshape(-1)
-        order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=num_experts).tolist()
-        tokens = order // index.shape[-1]
-        gates = weights.reshape(-1)[order].float()
-        reap, out_norm = torch.zeros(num_experts), torch.zeros(num_experts)
-        sum_a = torch.zeros(down.shape[-1], device=hidden.device)
-        sum_a2 = torch.zeros_like(sum_a)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            rows = tokens[start : start + n]
-            h = F.linear(hidden[rows], up[e])
-            if site.gated:
-                gate, lin = h.chunk(2, dim=-1)
-                h = module.act_fn(gate) * lin
-            else:
-                h = module.act_fn(h)
-            norm = F.linear(h, down[e]).float().norm(dim=-1)
-            reap[e] = (gates[start : start + n] * norm).sum().cpu()
-            out_norm[e] = norm.sum().cpu()
+
+        def forward(hidden_states, top_k_index, top_k_weights):
+            up, down = getattr(module, up_name), getattr(module, down_name)
+            num_experts, k = up.shape[0], top_k_index.shape[-1]
+            flat = top_k_index.reshape(-1)
+            order = flat.argsort(stable=True)
+            counts = torch.bincount(flat, minlength=num_experts)
+            gates = top_k_weights.reshape(-1)[order]
+            h = _per_expert_linear(hidden_states[order // k], up, counts)
+            h = module._apply_gate(h) if site.gated else module.act_fn(h)
+            y = _per_expert_linear(h, down, counts)
+            norm = y.float().norm(dim=-1)
+            expert = flat[order]
+            per_expert = torch.zeros(2, num_experts, device=norm.device)
+            per_expert[0].index_add_(0, expert, gates.float() * norm)
+            per_expert[1].index_add_(0, expert, norm)
             h = h.float()
-            sum_a += h.abs().sum(0)
-            sum_a2 += h.pow(2).sum(0)
-            start += n
-        routed = torch.tensor(counts, dtype=torch.float64)
-        self._add(
-            site.key, reap=reap, routed=routed, out_norm=out_norm, sum_a=sum_a, sum_a2=sum_a2, n=routed.sum()
-        )
+            self._add(
+                site.key,
+                reap=per_expert[0],
+                routed=counts,
+                out_norm=per_expert[1],
+                sum_a=h.abs().sum(0),
+                sum_a2=h.pow(2).sum(0),
+                n=torch.tensor(float(flat.numel())),
+            )
+            weighted = torch.empty_like(y, dtype=torch.promote_types(y.dtype, gates.dtype))
+            weighted[order] = y * gates[:, None]
+            return weighted.view(-1, k, weighted.shape[-1]).sum(1).to(hidden_states.dtype)
+
+        return forward
 
     def collect(self, batches: Iterable[torch.Tensor], progress=None) -> Stats:
         """Run ``model(batch)`` for every batch (``use_cache=False``) and return the statistics."""
@@ -155,3 +158,14 @@ class ActivationCollector:
                 if progress is not None:
                     progress.update(1)
         return self.stats
+
+
+def _per_expert_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``x`` [S, in] sorted by expert, ``weight`` [E, out, in], ``counts`` [E] rows per expert -> [S, out]."""
+    out = x.new_empty(x.shape[0], weight.shape[1])
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            torch.mm(x[start : start + n], weight[e].T, out=out[start : start + n])
+            start += n
+    return out

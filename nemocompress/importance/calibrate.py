@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..arch import Adapter
 from .activation import CONSTANT_STATS, ActivationCollector, Stats
 from .artifact import ImportanceArtifact
-from .depth import LayerStats, layer_stats
+from .depth import CHEAP_METRICS, LayerStats, layer_stats
 
 __all__ = ["calibrate"]
 
@@ -41,6 +41,7 @@ def calibrate(
     samples: torch.Tensor,
     batch_size: int = 4,
     block_sizes: Sequence[int] = (1,),
+    layer_metrics: Sequence[str] = CHEAP_METRICS,
     seq_agg: str = "mean",
     token_moments: bool = False,
     progress: bool = True,
@@ -49,7 +50,8 @@ def calibrate(
     """Collect everything importance needs from ``samples`` ``[N, S]`` (token ids).
 
     Returns summed statistics: per score site (for width scores; ``token_moments`` adds what FLAP
-    needs) and per layer window size in ``block_sizes`` (for depth scores).
+    needs) and per layer window size in ``block_sizes`` (for depth scores, the ``layer_metrics``; the
+    default leaves out ``kl`` and ``lm_loss``, which run the LM head once per layer).
     """
     state = PartialState()
     batches = list(samples.split(batch_size))[state.process_index :: state.num_processes]
@@ -61,7 +63,8 @@ def calibrate(
     )
     stats: Stats = ActivationCollector(model, adapter, seq_agg, token_moments).collect(batches, progress=bar)
     layers: dict[int, LayerStats] = {
-        k: layer_stats(model, adapter, batches, window=k, progress=bar) for k in block_sizes
+        k: layer_stats(model, adapter, batches, window=k, progress=bar, metrics=layer_metrics)
+        for k in block_sizes
     }
     bar.close()
     return ImportanceArtifact(

@@ -9,11 +9,15 @@ Metrics, all relative to the full model on the same tokens (higher = more import
 ``nmse`` sum (M_full - M_without)^2 / sum M_full^2 over logits; ``kl`` KL(p_full || p_without) per token;
 ``hidden_mse`` MSE of the last hidden state (the LM head's input); ``lm_loss`` the increase of the
 next-token loss; ``cosine`` block importance 1 - cos(input, output) of the window (full pass only).
+
+Only ``kl`` and ``lm_loss`` (:data:`HEAD_METRICS`) run the LM head for every window. For a linear head
+``nmse`` needs no logits: with d the change of the head's input, |W d|^2 = d^T (W^T W) d, an H x H product
+per token instead of a V x H one (the head is a large share of a forward when the vocabulary is large
+against the model).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -21,42 +25,55 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import Adapter
+from ..arch.masking import overridden_forwards
 
-__all__ = ["LAYER_METRICS", "LayerStats", "layer_stats", "finalize_layer_scores", "iterative_layer_ranking"]
+__all__ = [
+    "LAYER_METRICS",
+    "HEAD_METRICS",
+    "CHEAP_METRICS",
+    "LayerStats",
+    "layer_stats",
+    "finalize_layer_scores",
+    "iterative_layer_ranking",
+]
 
 LAYER_METRICS = ("nmse", "kl", "hidden_mse", "cosine", "lm_loss")
+HEAD_METRICS = ("kl", "lm_loss")  # need the logits of every window
+CHEAP_METRICS = tuple(m for m in LAYER_METRICS if m not in HEAD_METRICS)
 LayerStats = dict[str, torch.Tensor]  # additive sums: "{metric}_num", "{metric}_den", one entry per window
 
 
-@contextlib.contextmanager
-def _patched(layers: Sequence[nn.Module], skip: set[int], replace: dict[int, torch.Tensor]):
-    """Layers in ``skip`` return their input; layers in ``replace`` return the given tensor."""
-
-    def identity(*args, **kwargs):
-        return args[0] if args else kwargs["hidden_states"]
-
-    def constant(value):
-        return lambda *args, **kwargs: value
-
-    try:
-        for i in skip:
-            layers[i].forward = identity
-        for i, value in replace.items():
-            layers[i].forward = constant(value)
-        yield
-    finally:
-        for i in list(skip) + list(replace):
-            del layers[i].forward
+def _identity(*args, **kwargs):
+    return args[0] if args else kwargs["hidden_states"]
 
 
-def _forward(model: nn.Module, batch: torch.Tensor, lm_head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _constant(value: torch.Tensor):
+    return lambda *args, **kwargs: value
+
+
+def _forward(model: nn.Module, batch: torch.Tensor, layers: dict, lm_head: nn.Module, logits: bool):
+    """(logits or None, the LM head's input) of ``model`` with the ``layers`` forwards overridden."""
     captured = {}
-    hook = lm_head.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0]))
-    try:
-        logits = model(batch, use_cache=False).logits.float()
-    finally:
-        hook.remove()
-    return logits, captured["h"].float()
+    head_forward = lm_head.forward
+
+    def head(x, *args, **kwargs):
+        captured["h"] = x
+        return head_forward(x, *args, **kwargs) if logits else x[..., :0]
+
+    with overridden_forwards({**layers, lm_head: head}):
+        out = model(batch, use_cache=False).logits
+    return (out.float() if logits else None), captured["h"].float()
+
+
+def _gram(lm_head: nn.Module, full: torch.Tensor, full_h: torch.Tensor) -> torch.Tensor | None:
+    """W^T W of a linear LM head, or None when the logits are not a linear map of the head's input."""
+    if not isinstance(lm_head, nn.Linear):
+        return None
+    w = lm_head.weight.detach().double()
+    sample = F.linear(full_h[0, :4].double(), w, None if lm_head.bias is None else lm_head.bias.double())
+    if not torch.allclose(sample.float(), full[0, :4], rtol=1e-4, atol=1e-4 * full[0, :4].abs().max().item()):
+        return None  # e.g. a soft cap applied to the logits after the head
+    return w.T @ w
 
 
 def _add(stats: LayerStats, name: str, window: int, count: int, value: torch.Tensor) -> None:
@@ -73,16 +90,21 @@ def layer_stats(
     window: int = 1,
     dropped: Sequence[int] = (),
     progress=None,
+    metrics: Sequence[str] = LAYER_METRICS,
 ) -> LayerStats:
-    """Sums for every metric and every window of ``window`` consecutive remaining layers.
+    """Sums for ``metrics`` and every window of ``window`` consecutive remaining layers.
 
     ``dropped`` layers are removed for good before scoring (iterative ranking); windows span remaining
     layers only. Returns additive sums (add them across shards, then :func:`finalize_layer_scores`).
     """
+    unknown = set(metrics) - set(LAYER_METRICS)
+    if unknown:
+        raise ValueError(f"unknown layer metrics {sorted(unknown)}; choose from {LAYER_METRICS}")
     layers = model.get_submodule(adapter.layers_prefix)
     lm_head = model.get_output_embeddings()
     remaining = [i for i in range(len(layers)) if i not in set(dropped)]
     starts = range(len(remaining) - window + 1)
+    gone = {layers[i]: _identity for i in dropped}
     stats: LayerStats = {}
     for batch in batches:
         batch = batch.to(next(model.parameters()).device)
@@ -91,37 +113,50 @@ def layer_stats(
             layers[i].register_forward_pre_hook(_capture(inputs, i), with_kwargs=True) for i in remaining
         ]
         hooks += [layers[i].register_forward_hook(_capture_out(outputs, i)) for i in remaining]
-        with _patched(layers, set(dropped), {}):
-            full, full_h = _forward(model, batch, lm_head)
-        for h in hooks:
-            h.remove()
-        log_p = F.log_softmax(full, -1)
-        p = log_p.exp()
-        entropy_term = (p * log_p).sum()  # sum p log p, the same for every window
+        try:
+            full, full_h = _forward(model, batch, gone, lm_head, logits=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        gram = _gram(lm_head, full, full_h) if "nmse" in metrics else None
+        logits = bool(set(metrics) & set(HEAD_METRICS)) or ("nmse" in metrics and gram is None)
         labels = batch[:, 1:, None]
-        full_ce = -log_p[:, :-1].gather(-1, labels).sum()
+        if logits:
+            full_lse = torch.logsumexp(full, -1)
+            p = (full - full_lse[..., None]).exp()
+            full_target = full[:, :-1].gather(-1, labels)[..., 0]
         n = len(starts)
         constants = {
             "nmse_den": full.pow(2).sum(),
             "kl_den": torch.tensor(full.shape[0] * full.shape[1]),
             "hidden_mse_den": torch.tensor(full_h.numel()),
             "lm_loss_den": torch.tensor(labels.numel()),
+            "cosine_den": torch.tensor(full.shape[0] * full.shape[1]),
         }
         for w in starts:
             first, last = remaining[w], remaining[w + window - 1]
-            skip = (set(range(last)) | set(dropped)) - {last}
-            with _patched(layers, skip, {last: inputs[first]}):
-                part, part_h = _forward(model, batch, lm_head)
-            log_q = F.log_softmax(part, -1)
-            _add(stats, "nmse_num", w, n, (full - part).pow(2).sum())
-            _add(stats, "kl_num", w, n, entropy_term - (p * log_q).sum())
-            _add(stats, "hidden_mse_num", w, n, (full_h - part_h).pow(2).sum())
-            _add(stats, "lm_loss_num", w, n, -log_q[:, :-1].gather(-1, labels).sum() - full_ce)
+            skip = {layers[i]: _identity for i in set(range(last)) | set(dropped) if i != last}
+            part, part_h = _forward(
+                model, batch, {**skip, layers[last]: _constant(inputs[first])}, lm_head, logits
+            )
+            values = {}
+            if logits:
+                # differences taken before summing: no cancellation between two large sums
+                diff, part_lse = full - part, torch.logsumexp(part, -1)
+                if gram is None:
+                    values["nmse"] = diff.pow(2).sum()
+                values["kl"] = (p * diff).sum() - (full_lse - part_lse).sum()
+                part_target = part[:, :-1].gather(-1, labels)[..., 0]
+                values["lm_loss"] = (full_target - part_target + part_lse[:, :-1] - full_lse[:, :-1]).sum()
+            if gram is not None:
+                d = (full_h - part_h).reshape(-1, full_h.shape[-1]).double()
+                values["nmse"] = ((d @ gram) * d).sum()
+            values["hidden_mse"] = (full_h - part_h).pow(2).sum()
             cos = F.cosine_similarity(inputs[first].float(), outputs[last].float(), dim=-1)
-            _add(stats, "cosine_num", w, n, (1 - cos).sum())
-            _add(stats, "cosine_den", w, n, torch.tensor(cos.numel()))
-            for name, value in constants.items():
-                _add(stats, name, w, n, value)
+            values["cosine"] = (1 - cos).sum()
+            for metric in metrics:
+                _add(stats, f"{metric}_num", w, n, values[metric])
+                _add(stats, f"{metric}_den", w, n, constants[f"{metric}_den"])
         if progress is not None:
             progress.update(1)
     return stats
@@ -156,7 +191,8 @@ def iterative_layer_ranking(
     dropped: list[int] = []
     total = len(model.get_submodule(adapter.layers_prefix))
     while total - len(dropped) > keep:
-        scores = finalize_layer_scores(layer_stats(model, adapter, batches, dropped=dropped))[metric]
+        stats = layer_stats(model, adapter, batches, dropped=dropped, metrics=(metric,))
+        scores = finalize_layer_scores(stats)[metric]
         remaining = [i for i in range(total) if i not in dropped]
         dropped.append(remaining[int(scores.argmin())])
     return sorted(set(range(total)) - set(dropped))

@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
+from nemocompress.arch.masking import bypass_layers
 from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
 from nemocompress.importance.depth import (
@@ -46,6 +48,38 @@ def test_planted_weak_units_rank_last():
     assert scores["layers.2.mlp"].argmin() == 40
     assert scores["layers.4.experts"].argmin() == 1
     assert scores["hidden"].argmin() == 11
+
+
+@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "nemotron_h-latent-moe", "qwen3_moe", "mixtral"])
+def test_expert_statistics_come_from_the_forward_without_changing_it(name):
+    """Collection computes the experts once and takes REAP and the neuron moments on the way: the logits
+    stay those of the plain model and the statistics equal a per-expert recomputation."""
+    model = zoo_model(name)
+    adapter = get_adapter(model.config)
+    (site,) = [s for s in adapter.score_sites(model.config) if s.how == "experts"][:1]
+    experts = model.get_submodule(site.module)
+    routed = []
+    hook = experts.register_forward_pre_hook(lambda m, args: routed.append(args))
+    with torch.no_grad():
+        plain = [model(b, use_cache=False).logits for b in BATCHES]
+    hook.remove()
+    with ActivationCollector(model, adapter) as collector, torch.no_grad():
+        for b, expected in zip(BATCHES, plain, strict=True):
+            torch.testing.assert_close(model(b, use_cache=False).logits, expected, rtol=1e-5, atol=1e-5)
+    up, down = (getattr(experts, n) for n in site.param_names)
+    reap, neurons = torch.zeros(up.shape[0]), torch.zeros(down.shape[-1])
+    with torch.no_grad():
+        for hidden, index, weights in routed:
+            for token, e in (index < up.shape[0]).nonzero().tolist():
+                expert = int(index[token, e])
+                h = F.linear(hidden[token], up[expert])
+                h = experts._apply_gate(h[None])[0] if site.gated else experts.act_fn(h)
+                reap[expert] += weights[token, e] * F.linear(h, down[expert]).norm()
+                neurons += h.abs()
+    stats = collector.stats[site.key]
+    torch.testing.assert_close(stats["reap"].float(), reap, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stats["sum_a"].float(), neurons, rtol=1e-4, atol=1e-5)
+    assert stats["routed"].sum() == sum(r[1].numel() for r in routed) == stats["n"]
 
 
 def test_mamba_heads_are_kept_per_group_and_never_move():
@@ -99,8 +133,6 @@ def test_layer_metrics_are_zero_for_an_identity_layer(name):
 
 
 def test_window_scores_equal_bypassing_the_window():
-    from nemocompress.arch.masking import bypass_layers
-
     model = zoo_model("nemotron_h-hybrid")
     adapter = get_adapter(model.config)
     nmse = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=2))["nmse"]
@@ -110,6 +142,46 @@ def test_window_scores_equal_bypassing_the_window():
             part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
     expected = (full - part).pow(2).sum() / full.pow(2).sum()
     torch.testing.assert_close(nmse[3], expected, rtol=1e-4, atol=1e-6)
+
+
+class _SoftCapped(torch.nn.Linear):
+    """An LM head whose logits are not a linear map of its input (Gemma-style soft cap)."""
+
+    def forward(self, x):
+        return 3.0 * torch.tanh(super().forward(x) / 3.0)
+
+
+@pytest.mark.parametrize("head", ["linear", "soft-capped"])
+def test_nmse_without_logits_equals_nmse_of_logits(head):
+    """nmse alone skips the LM head per window (d^T W^T W d); it must equal nmse computed on logits."""
+    model = zoo_model("llama")
+    adapter = get_adapter(model.config)
+    if head == "soft-capped":
+        capped = _SoftCapped(model.config.hidden_size, model.config.vocab_size, bias=False)
+        capped.weight = model.lm_head.weight
+        model.lm_head = capped
+    alone = finalize_layer_scores(layer_stats(model, adapter, BATCHES, metrics=("nmse",)))
+    assert set(alone) == {"nmse"}
+    with torch.no_grad():
+        full = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
+        for i in range(model.config.num_hidden_layers):
+            with bypass_layers(model, adapter, [i]):
+                part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
+            expected = (full - part).pow(2).sum() / full.pow(2).sum()
+            torch.testing.assert_close(alone["nmse"][i], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_layer_metrics_subsets_equal_all_metrics():
+    model = zoo_model("nemotron_h-hybrid")
+    adapter = get_adapter(model.config)
+    every = finalize_layer_scores(layer_stats(model, adapter, BATCHES))
+    for subset in (("kl",), ("hidden_mse", "cosine"), ("lm_loss", "nmse")):
+        some = finalize_layer_scores(layer_stats(model, adapter, BATCHES, metrics=subset))
+        assert set(some) == set(subset)
+        for metric in subset:
+            torch.testing.assert_close(some[metric], every[metric], rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="unknown layer metrics"):
+        layer_stats(model, adapter, BATCHES, metrics=("mse",))
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +242,26 @@ def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
     plan_a = json.loads((tmp_path / "a" / "nemocompress_plan.json").read_text())
     plan_b = json.loads((tmp_path / "b" / "nemocompress_plan.json").read_text())
     assert plan_a == plan_b
+
+
+def test_head_metrics_are_computed_only_when_chosen(calibrated, tmp_path, capsys):
+    """kl and lm_loss run the LM head per layer: scores have them only when asked, and say so when not."""
+    model, data = calibrated / "model", calibrated / "text.txt"
+    flags = ["--samples", "4", "--seq-len", "16"]
+    prune = ["prune", str(model), "--export-config", '{"num_layers": 5}', "--layer-metric", "kl", "--scores"]
+    assert main(["importance", str(model), "--data", str(data), "-o", str(tmp_path / "cheap"), *flags]) == 0
+    assert main([*prune, str(tmp_path / "cheap"), "-o", str(tmp_path / "a")]) == 2
+    assert "recompute them with `--layer-metric kl`" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    scores = tmp_path / "with-kl"
+    assert (
+        main(
+            ["importance", str(model), "--data", str(data), "-o", str(scores), "--layer-metric", "kl", *flags]
+        )
+        == 0
+    )
+    assert set(api.load_importance(scores, model).layer_scores(1)) == {"nmse", "hidden_mse", "cosine", "kl"}
+    assert main([*prune, str(scores), "-o", str(tmp_path / "b")]) == 0
 
 
 def test_scores_for_another_model_are_refused(calibrated, tmp_path, capsys):
