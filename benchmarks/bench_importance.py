@@ -31,13 +31,15 @@ HYBRID = dict(
 )  # fmt: skip
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
+def best_times(fns, repeats: int) -> list[float]:
+    """Best wall time of each function, the functions run in turn ``repeats`` times (drift hits all alike)."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, slot in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            slot.append(time.perf_counter() - start)
+    return [min(t) for t in times]
 
 
 def main() -> None:
@@ -78,8 +80,7 @@ def main() -> None:
         return lambda: layer_stats(model, adapter, batches, metrics=metrics)
 
     plain()  # warm up
-    t_plain = best_time(plain, args.repeats)
-    t_hooked = best_time(hooked, args.repeats)
+    t_plain, t_hooked = best_times([plain, hooked], args.repeats)
     num_layers = adapter.num_layers(model.config)
     rows = [
         ["plain forward", f"{t_plain:.2f}", "1.00x", ""],
@@ -91,7 +92,7 @@ def main() -> None:
         ],
     ]
     for label, metrics in (("default metrics", CHEAP_METRICS), ("all metrics", LAYER_METRICS)):
-        equivalents = best_time(layers(metrics), 1) / t_plain
+        equivalents = best_times([layers(metrics)], 1)[0] / t_plain
         rows.append(
             [
                 f"all {num_layers} layer scores, {label}",

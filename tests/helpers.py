@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import warnings
 
 import torch
@@ -39,3 +40,10 @@ def random_kept(model, kinds=None, seed=0, drop_layer=None) -> dict[str, list[in
 def axis_kinds(name: str) -> list[str]:
     model = zoo_model(name)
     return sorted({a.kind for a in get_adapter(model.config).axes(model.config)})
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a two-process rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -20,6 +20,7 @@ __all__ = ["Stats", "ActivationCollector", "add_stats", "SEQ_AGGREGATIONS", "CON
 
 Stats = dict[str, dict[str, torch.Tensor]]
 SEQ_AGGREGATIONS = ("mean", "l2")
+FLUSH_EVERY = 64  # batches between sums of the per-sample aggregates (bounds the memory they hold)
 CONSTANT_STATS = ("wcol2",)  # properties of the weights, the same in every shard: never summed
 
 
@@ -55,6 +56,7 @@ class ActivationCollector:
         self.model, self.seq_agg, self.token_moments = model, seq_agg, token_moments
         self.sites = adapter.score_sites(model.config)
         self.stats: Stats = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}  # per-sample aggregates not yet summed
         self._hooks: list = []
 
     def __enter__(self) -> ActivationCollector:
@@ -83,6 +85,18 @@ class ActivationCollector:
             h.remove()
         self._hooks = []
         self._exit.close()
+        self.flush()
+
+    def flush(self) -> None:
+        """Sum the per-sample aggregates gathered so far into :attr:`stats` (in float64).
+
+        Hooks only keep each batch's ``[B, C]`` aggregate: a few small operations per site and batch add up
+        to a measurable share of a forward on small models, so the sums are taken here, once.
+        """
+        for key, rows in self._pending.items():
+            a = torch.cat(rows).double()
+            self._add(key, sum_a=a.sum(0), sum_a2=a.pow(2).sum(0), n=torch.tensor(float(a.shape[0])))
+        self._pending = {}
 
     def _hook(self, sites: list[ScoreSite]):
         def hook(module, args, kwargs, output):
@@ -105,8 +119,7 @@ class ActivationCollector:
         if x.ndim == 2:
             x = x[None]
         per_sample = x.abs().mean(1) if self.seq_agg == "mean" else x.pow(2).mean(1).sqrt()
-        n = torch.tensor(float(x.shape[0]))
-        self._add(site.key, sum_a=per_sample.sum(0), sum_a2=per_sample.pow(2).sum(0), n=n)
+        self._pending.setdefault(site.key, []).append(per_sample)
         if self.token_moments:
             tokens = x.reshape(-1, x.shape[-1])
             n_tok = torch.tensor(float(tokens.shape[0]))
@@ -153,8 +166,10 @@ class ActivationCollector:
     def collect(self, batches: Iterable[torch.Tensor], progress=None) -> Stats:
         """Run ``model(batch)`` for every batch (``use_cache=False``) and return the statistics."""
         with self, torch.no_grad():
-            for batch in batches:
+            for i, batch in enumerate(batches, 1):
                 self.model(batch.to(next(self.model.parameters()).device), use_cache=False)
+                if i % FLUSH_EVERY == 0:
+                    self.flush()
                 if progress is not None:
                     progress.update(1)
         return self.stats

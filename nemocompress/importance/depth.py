@@ -65,15 +65,14 @@ def _forward(model: nn.Module, batch: torch.Tensor, layers: dict, lm_head: nn.Mo
     return (out.float() if logits else None), captured["h"].float()
 
 
-def _gram(lm_head: nn.Module, full: torch.Tensor, full_h: torch.Tensor) -> torch.Tensor | None:
-    """W^T W of a linear LM head, or None when the logits are not a linear map of the head's input."""
+def _linear_head(lm_head: nn.Module, full: torch.Tensor, full_h: torch.Tensor) -> bool:
+    """Whether the logits are a linear map of the head's input (no soft cap after the head, say)."""
     if not isinstance(lm_head, nn.Linear):
-        return None
-    w = lm_head.weight.detach().double()
-    sample = F.linear(full_h[0, :4].double(), w, None if lm_head.bias is None else lm_head.bias.double())
-    if not torch.allclose(sample.float(), full[0, :4], rtol=1e-4, atol=1e-4 * full[0, :4].abs().max().item()):
-        return None  # e.g. a soft cap applied to the logits after the head
-    return w.T @ w
+        return False
+    bias = None if lm_head.bias is None else lm_head.bias.float()
+    sample, expected = F.linear(full_h[0, :4], lm_head.weight.float(), bias), full[0, :4]
+    tol = max(1e-4, 4 * torch.finfo(lm_head.weight.dtype).eps)  # the head may run in bf16
+    return torch.allclose(sample, expected, rtol=tol, atol=tol * expected.abs().max().item())
 
 
 def _add(stats: LayerStats, name: str, window: int, count: int, value: torch.Tensor) -> None:
@@ -106,6 +105,7 @@ def layer_stats(
     starts = range(len(remaining) - window + 1)
     gone = {layers[i]: _identity for i in dropped}
     stats: LayerStats = {}
+    gram = None  # W^T W of a linear LM head, computed once
     for batch in batches:
         batch = batch.to(next(model.parameters()).device)
         inputs, outputs = {}, {}
@@ -118,8 +118,11 @@ def layer_stats(
         finally:
             for h in hooks:
                 h.remove()
-        gram = _gram(lm_head, full, full_h) if "nmse" in metrics else None
-        logits = bool(set(metrics) & set(HEAD_METRICS)) or ("nmse" in metrics and gram is None)
+        linear = "nmse" in metrics and _linear_head(lm_head, full, full_h)
+        if linear and gram is None:
+            w = lm_head.weight.detach().float()
+            gram = w.T @ w
+        logits = bool(set(metrics) & set(HEAD_METRICS)) or ("nmse" in metrics and not linear)
         labels = batch[:, 1:, None]
         if logits:
             full_lse = torch.logsumexp(full, -1)
@@ -143,13 +146,13 @@ def layer_stats(
             if logits:
                 # differences taken before summing: no cancellation between two large sums
                 diff, part_lse = full - part, torch.logsumexp(part, -1)
-                if gram is None:
+                if not linear:
                     values["nmse"] = diff.pow(2).sum()
                 values["kl"] = (p * diff).sum() - (full_lse - part_lse).sum()
                 part_target = part[:, :-1].gather(-1, labels)[..., 0]
                 values["lm_loss"] = (full_target - part_target + part_lse[:, :-1] - full_lse[:, :-1]).sum()
-            if gram is not None:
-                d = (full_h - part_h).reshape(-1, full_h.shape[-1]).double()
+            if linear:
+                d = (full_h - part_h).reshape(-1, full_h.shape[-1])
                 values["nmse"] = ((d @ gram) * d).sum()
             values["hidden_mse"] = (full_h - part_h).pow(2).sum()
             cos = F.cosine_similarity(inputs[first].float(), outputs[last].float(), dim=-1)

@@ -3,13 +3,13 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -62,12 +62,6 @@ def _config(assets, out, **kw) -> DistillConfig:
 
 def _weights(model_dir) -> dict[str, torch.Tensor]:
     return load_file(Path(model_dir) / "model.safetensors")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(args, timeout=240):
@@ -124,7 +118,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
     kw = dict(steps=4, grad_accum=2, save_every=0, eval_every=0)
     one = distill(_config(assets, tmp_path / "one", **{**kw, "batch_size": 4}))
     _config(assets, tmp_path / "two", **{**kw, "batch_size": 2}).save_yaml(tmp_path / "two.yaml")
-    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     done = _run([*launch, str(SCRIPT), str(tmp_path / "two.yaml")])
     assert done.returncode == 0, done.stderr[-3000:]
     two_records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]

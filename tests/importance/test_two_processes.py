@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import free_port
 
 from nemocompress.arch import get_adapter
 from nemocompress.importance.artifact import ImportanceArtifact
@@ -18,7 +19,15 @@ SCRIPT = Path(__file__).with_name("dist_calibrate.py")
 def test_two_processes_equal_one(tmp_path):
     name = "nemotron_h-hybrid"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
     done = subprocess.run(
         [*cmd, str(SCRIPT), str(tmp_path / "two"), name], env=env, capture_output=True, text=True, timeout=300
     )
