@@ -128,12 +128,17 @@ def _distill_flags(p) -> None:
 
 
 def _ranking_flags(p, data_required: bool = False) -> None:
+    """Calibration and ranking flags; ``importance`` (which has no memory batch) also names the calibration
+    batch ``--batch-size``."""
     p.add_argument(
         "--data", required=data_required, help="calibration text: file, folder or .jsonl (train split used)"
     )
     p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
-    p.add_argument("--calib-batch-size", type=int, default=4, help="samples per forward (default 4)")
+    batch_flags = ("--calib-batch-size", "--batch-size") if data_required else ("--calib-batch-size",)
+    p.add_argument(
+        *batch_flags, dest="calib_batch_size", type=int, default=4, help="samples per forward (default 4)"
+    )
     p.add_argument(
         "--seq-agg", default="mean", choices=SEQ_AGGREGATIONS, help="over the sequence (default mean)"
     )
@@ -145,7 +150,12 @@ def _ranking_flags(p, data_required: bool = False) -> None:
         "--expert-metric", default="reap", choices=EXPERT_METRICS, help="MoE expert score (default reap)"
     )
     p.add_argument(
-        "--layer-metric", default="nmse", choices=LAYER_METRICS, help="layer importance (default nmse)"
+        "--layer-metric",
+        default="nmse",
+        type=lambda name: name.replace("-", "_"),
+        choices=LAYER_METRICS,
+        metavar="{" + ",".join(m.replace("_", "-") for m in LAYER_METRICS) + "}",
+        help="layer importance (default nmse; kl and lm-loss run the LM head once per layer)",
     )
     p.add_argument(
         "--layer-selection",

@@ -17,6 +17,7 @@ from nemocompress.importance.depth import (
     iterative_layer_ranking,
     layer_stats,
 )
+from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.scoring import activation_scores, flap_scores
 from nemocompress.prune.minitron import plan_from_targets
 from nemocompress.zoo import save_zoo_checkpoint, zoo_model
@@ -262,6 +263,12 @@ def test_head_metrics_are_computed_only_when_chosen(calibrated, tmp_path, capsys
     )
     assert set(api.load_importance(scores, model).layer_scores(1)) == {"nmse", "hidden_mse", "cosine", "kl"}
     assert main([*prune, str(scores), "-o", str(tmp_path / "b")]) == 0
+    # the spelling: --batch-size for the calibration batch, hyphenated metric names
+    spelled = ["--layer-metric", "lm-loss", "--batch-size", "2", "-o", str(tmp_path / "lm")]
+    assert main(["importance", str(model), "--data", str(data), *spelled, *flags]) == 0
+    loaded = api.load_importance(tmp_path / "lm", model, ImportanceOptions(layer_metric="lm_loss"))
+    assert "lm_loss" in loaded.layer_scores(1)
+    assert loaded.artifact.meta["settings"]["batch_size"] == 2
 
 
 def test_scores_for_another_model_are_refused(calibrated, tmp_path, capsys):
