@@ -83,6 +83,17 @@ def test_expert_statistics_come_from_the_forward_without_changing_it(name):
     assert stats["routed"].sum() == sum(r[1].numel() for r in routed) == stats["n"]
 
 
+@pytest.mark.parametrize("width", [8, 5])  # 5 floats a row: torch's grouped kernel refuses it, the loop runs
+def test_per_expert_linear_equals_one_matmul_per_expert(width):
+    from nemocompress.importance.activation import _per_expert_linear
+
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(20, width, generator=g), torch.randn(3, 6, width, generator=g)
+    counts = torch.tensor([5, 0, 15])
+    expected = torch.cat([x[:5] @ weight[0].T, x[5:] @ weight[2].T])
+    torch.testing.assert_close(_per_expert_linear(x, weight, counts), expected)
+
+
 def test_mamba_heads_are_kept_per_group_and_never_move():
     model = zoo_model("nemotron_h-hybrid")
     scores, _ = _scores(model)
