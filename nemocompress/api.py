@@ -162,12 +162,17 @@ def _layer_metrics(options: ImportanceOptions) -> tuple[str, ...]:
 
 
 def _model_and_samples(model_dir, data, options: ImportanceOptions):
-    """The model in float32 and calibration samples ``[N, S]`` from the train split of ``data``."""
+    """The model in the options' dtype on their device (default: this process's accelerate device) and
+    calibration samples ``[N, S]`` from the train split of ``data``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     samples, _ = calibration_samples(tokenizer, data, options.samples, options.seq_len, options.seed)
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), samples
+    device = options.device or str(PartialState().device)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, options.dtype), device_map={"": device}
+    )
+    return model, samples
 
 
 def importance(

@@ -12,7 +12,13 @@ from .distill.config import INTERMEDIATE_LOSSES, KD_LOSSES
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
-from .importance.options import LAYER_SELECTIONS, MAMBA_SOURCES, RANKINGS, ImportanceOptions
+from .importance.options import (
+    CALIBRATION_DTYPES,
+    LAYER_SELECTIONS,
+    MAMBA_SOURCES,
+    RANKINGS,
+    ImportanceOptions,
+)
 from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 
@@ -36,6 +42,8 @@ def _options(args) -> ImportanceOptions:
         seq_len=args.seq_len,
         batch_size=args.calib_batch_size,
         seed=args.seed,
+        dtype=args.calib_dtype,
+        device=args.calib_device,
     )
 
 
@@ -128,16 +136,35 @@ def _distill_flags(p) -> None:
 
 
 def _ranking_flags(p, data_required: bool = False) -> None:
-    """Calibration and ranking flags; ``importance`` (which has no memory batch) also names the calibration
-    batch ``--batch-size``."""
+    """Calibration and ranking flags (``prune`` keeps ``--batch-size`` for its memory estimate)."""
     p.add_argument(
         "--data", required=data_required, help="calibration text: file, folder or .jsonl (train split used)"
     )
     p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
-    batch_flags = ("--calib-batch-size", "--batch-size") if data_required else ("--calib-batch-size",)
+
+    def flags(name):  # `importance` has no memory estimate, so it also takes the short names
+        return (f"--calib-{name}", f"--{name}") if data_required else (f"--calib-{name}",)
+
     p.add_argument(
-        *batch_flags, dest="calib_batch_size", type=int, default=4, help="samples per forward (default 4)"
+        *flags("batch-size"),
+        dest="calib_batch_size",
+        type=int,
+        default=4,
+        help="samples per forward (default 4)",
+    )
+    p.add_argument(
+        *flags("dtype"),
+        dest="calib_dtype",
+        default="float32",
+        choices=CALIBRATION_DTYPES,
+        help="the model's dtype while calibrating (default float32)",
+    )
+    p.add_argument(
+        *flags("device"),
+        dest="calib_device",
+        default=None,
+        help="device to calibrate on, e.g. cuda:0 (default: this process's GPU if any, else cpu)",
     )
     p.add_argument(
         "--seq-agg", default="mean", choices=SEQ_AGGREGATIONS, help="over the sequence (default mean)"

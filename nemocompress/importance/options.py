@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from ..errors import NemocompressError
 from .activation import SEQ_AGGREGATIONS
 from .depth import LAYER_METRICS
 from .scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
-__all__ = ["ImportanceOptions", "RANKINGS", "MAMBA_SOURCES", "LAYER_SELECTIONS"]
+__all__ = ["ImportanceOptions", "RANKINGS", "MAMBA_SOURCES", "LAYER_SELECTIONS", "CALIBRATION_DTYPES"]
 
 RANKINGS = ("activation", "flap", "magnitude", "random")
 MAMBA_SOURCES = ("x", "z", "out_proj")
+CALIBRATION_DTYPES = ("float32", "bfloat16", "float16")
 LAYER_SELECTIONS = ("individual", "contiguous", "iterative")
 
 
@@ -30,6 +33,9 @@ class ImportanceOptions:
     layer_selection: drop the ``individual`` least important layers, the least important ``contiguous``
         block, or ``iterative`` (drop the lowest, re-score, repeat; needs the model and data).
     samples / seq_len / batch_size / seed: calibration data.
+    dtype / device: what the model runs in while calibrating: ``float32`` (default), ``bfloat16`` or
+        ``float16``; a torch device (default: accelerate's, i.e. this process's GPU under a multi-GPU launch,
+        else the CPU). Statistics are accumulated in float32/float64 either way.
     """
 
     ranking: str = "activation"
@@ -43,6 +49,8 @@ class ImportanceOptions:
     seq_len: int = 256
     batch_size: int = 4
     seed: int = 0
+    dtype: str = "float32"
+    device: str | None = None
 
     def __post_init__(self):
         for name, allowed in (
@@ -53,11 +61,19 @@ class ImportanceOptions:
             ("expert_metric", EXPERT_METRICS),
             ("layer_metric", LAYER_METRICS),
             ("layer_selection", LAYER_SELECTIONS),
+            ("dtype", CALIBRATION_DTYPES),
         ):
             if getattr(self, name) not in allowed:
                 raise NemocompressError(
                     f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise NemocompressError(
+                    f"device must be a torch device such as cpu, cuda or cuda:1, got {self.device!r}"
+                ) from None
         for name in ("samples", "seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise NemocompressError(f"{name} must be a positive integer, got {getattr(self, name)}")

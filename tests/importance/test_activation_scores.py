@@ -401,6 +401,29 @@ def test_api_importance_without_output_returns_scores(calibrated):
     assert "nmse" in result.layer_scores()
 
 
+def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path, capsys):
+    """--dtype runs the model in half precision (statistics still summed in float32/float64)."""
+    model, data = calibrated / "model", calibrated / "text.txt"
+    flags = ["--data", str(data), "--samples", "8", "--seq-len", "32"]
+    found = {}
+    for dtype in ("float32", "bfloat16", "float16"):
+        assert main(["importance", str(model), *flags, "--dtype", dtype, "-o", str(tmp_path / dtype)]) == 0
+        found[dtype] = api.load_importance(tmp_path / dtype, model)
+        assert found[dtype].artifact.meta["settings"]["dtype"] == dtype
+    exact = found["float32"]
+    for dtype, tol in (("bfloat16", 0.25), ("float16", 0.02)):
+        units, layers = found[dtype].unit_scores(), found[dtype].layer_scores()
+        error = max(
+            ((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() for k, v in exact.unit_scores().items()
+        )
+        assert 0 < error < tol, (dtype, error)  # nonzero: it did run in half precision
+        for metric, v in exact.layer_scores().items():
+            assert ((layers[metric] - v).abs() / v.abs()).max() < tol, (dtype, metric)
+    assert main(["importance", str(model), *flags, "--device", "gpu0", "-o", str(tmp_path / "bad")]) == 2
+    assert "device must be a torch device" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_iterative_layer_selection_drops_one_at_a_time(calibrated, tmp_path):
     options = api.ImportanceOptions(samples=4, seq_len=16, layer_selection="iterative")
     model_dir, data = calibrated / "model", calibrated / "text.txt"
