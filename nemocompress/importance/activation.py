@@ -8,7 +8,7 @@ the adapter's score sites; nothing here knows a model family.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -17,22 +17,12 @@ from torch import nn
 from ..arch import Adapter, ScoreSite
 from ..arch.masking import overridden_forwards
 
-__all__ = ["Stats", "ActivationCollector", "add_stats", "SEQ_AGGREGATIONS", "CONSTANT_STATS"]
+__all__ = ["Stats", "ActivationCollector", "SEQ_AGGREGATIONS", "CONSTANT_STATS"]
 
 Stats = dict[str, dict[str, torch.Tensor]]
 SEQ_AGGREGATIONS = ("mean", "l2")
 FLUSH_EVERY = 64  # batches between sums of the per-sample aggregates (bounds the memory they hold)
 CONSTANT_STATS = ("wcol2",)  # properties of the weights, the same in every shard: never summed
-
-
-def add_stats(into: Stats, other: Mapping[str, Mapping[str, torch.Tensor]]) -> Stats:
-    """Sum ``other`` into ``into`` (for statistics from several shards or processes)."""
-    for key, stats in other.items():
-        slot = into.setdefault(key, {})
-        for name, value in stats.items():
-            summed = name in slot and name not in CONSTANT_STATS
-            slot[name] = slot[name] + value if summed else value.clone()
-    return into
 
 
 class ActivationCollector:
