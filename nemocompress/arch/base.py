@@ -127,14 +127,6 @@ class TensorSpec:
     def axes(self) -> set[str]:
         return {a for segs in self.dims.values() for s in segs for a in s.axes()}
 
-    def sliced_shape(self, kept: Kept) -> tuple[int, ...]:
-        shape = list(self.shape)
-        for dim, segs in self.dims.items():
-            idx = dim_indices(segs, kept)
-            if idx is not None:
-                shape[dim] = len(idx)
-        return tuple(shape)
-
 
 def select(tensor: torch.Tensor, dims: Mapping[int, Sequence[Segment]], kept: Kept) -> torch.Tensor:
     """Cut ``tensor`` to the kept positions of every described dimension (a copy when anything is cut)."""
@@ -310,13 +302,6 @@ class Adapter:
 
     def axis_map(self, config) -> dict[str, Axis]:
         return {a.name: a for a in self.axes(config)}
-
-    def layer_of(self, name: str) -> int | None:
-        """Decoder layer index of an in-memory parameter name, or None."""
-        prefix = self.layers_prefix + "."
-        if not name.startswith(prefix):
-            return None
-        return int(name[len(prefix) :].split(".", 1)[0])
 
     def renumber(self, name: str, new_layer: int) -> str:
         prefix = self.layers_prefix + "."
