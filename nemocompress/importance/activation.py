@@ -62,9 +62,10 @@ class ActivationCollector:
                     w = getattr(module, site.weight).detach()
                     cols = w[:, site.start : site.start + site.width].to(torch.float64)
                     self.stats.setdefault(site.key, {})["wcol2"] = cols.pow(2).sum(0).cpu()
-            (experts,) = [s for s in sites if s.how == "experts"] or [None]
-            if experts is not None:
-                forwards[module] = self._experts_forward(experts, module)
+            if any(s.how == "experts" for s in sites):
+                if len(sites) > 1:  # the experts' forward is replaced: no hook could see the module's input
+                    raise ValueError(f"{name}: an experts score site must be the module's only score site")
+                forwards[module] = self._experts_forward(sites[0], module)
             else:
                 self._hooks.append(module.register_forward_hook(self._hook(sites), with_kwargs=True))
         self._exit = contextlib.ExitStack()
