@@ -151,10 +151,10 @@ def layer_stats(
                 values["kl"] = (p * diff).sum() - (full_lse - part_lse).sum()
                 part_target = part[:, :-1].gather(-1, labels)[..., 0]
                 values["lm_loss"] = (full_target - part_target + part_lse[:, :-1] - full_lse[:, :-1]).sum()
+            d = (full_h - part_h).reshape(-1, full_h.shape[-1])
             if linear:
-                d = (full_h - part_h).reshape(-1, full_h.shape[-1])
                 values["nmse"] = ((d @ gram) * d).sum()
-            values["hidden_mse"] = (full_h - part_h).pow(2).sum()
+            values["hidden_mse"] = d.pow(2).sum()
             cos = F.cosine_similarity(inputs[first].float(), outputs[last].float(), dim=-1)
             values["cosine"] = (1 - cos).sum()
             for metric in metrics:
