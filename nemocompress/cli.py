@@ -144,7 +144,7 @@ def _ranking_flags(p, data_required: bool = False) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
 
     def flags(name):  # `importance` has no memory estimate, so it also takes the short names
-        return (f"--calib-{name}", f"--{name}") if data_required else (f"--calib-{name}",)
+        return (f"--{name}", f"--calib-{name}") if data_required else (f"--calib-{name}",)
 
     p.add_argument(
         *flags("batch-size"),
