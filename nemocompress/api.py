@@ -7,6 +7,7 @@ prune/, and applies the plan; the floors themselves do not call each other upwar
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from accelerate import PartialState
 from .arch import Axis, get_adapter
 from .checkpoint import check_output_dir, list_tensors, load_config
 from .data import calibration_samples
-from .errors import PlanError
+from .errors import OutputError, PlanError
 from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
-from .importance.calibrate import calibrate
+from .importance.calibrate import CalibrationCheckpoint, calibrate
 from .importance.depth import CHEAP_METRICS, finalize_layer_scores, iterative_layer_ranking
 from .importance.options import ImportanceOptions
 from .importance.report import layer_table, plot_scores, score_table
@@ -183,14 +184,34 @@ def importance(
     block_sizes: tuple[int, ...] = (1,),
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
 ) -> ImportanceResult:
-    """Calibrate on ``data`` (train split only) and, with ``output_dir``, save the scores and PNG plots there."""
+    """Calibrate on ``data`` (train split only) and, with ``output_dir``, save the scores and PNG plots there.
+
+    With ``output_dir``, the sums so far are saved every ``checkpoint_every`` seconds beside it
+    (``.NAME.partial``); after an interruption, ``resume`` continues from them (same model, data and
+    settings), ``overwrite`` starts over. The partial sums are deleted once the scores are written.
+    """
     config = load_config(model_dir)
     adapter = get_adapter(config)
+    meta = describe_run(config, str(data), {**options.to_dict(), "block_sizes": list(block_sizes)})
+    checkpoint = None
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=(model_dir,))
+        partial = Path(output_dir).parent / f".{Path(output_dir).name}.partial"
+        if partial.exists() and not resume:
+            if not overwrite:
+                raise OutputError(
+                    f"an interrupted calibration for {output_dir} is saved in {partial}: pass --resume to "
+                    "continue it or --overwrite to start over"
+                )
+            if PartialState().is_main_process:
+                shutil.rmtree(partial)
+            PartialState().wait_for_everyone()
+        run = {key: meta[key] for key in ("fingerprint", "data", "settings")}
+        checkpoint = CalibrationCheckpoint(partial, run, checkpoint_every)
     model, samples = _model_and_samples(model_dir, data, options)
-    meta = describe_run(config, str(data), {**options.to_dict(), "block_sizes": list(block_sizes)})
     artifact = calibrate(
         model,
         adapter,
@@ -202,10 +223,12 @@ def importance(
         token_moments=options.ranking == "flap",
         progress=progress,
         meta=meta,
+        checkpoint=checkpoint,
     )
     result = ImportanceResult(artifact, config, options, [])
     if output_dir is not None and PartialState().is_main_process:
         artifact.save(output_dir, overwrite)
+        shutil.rmtree(checkpoint.directory, ignore_errors=True)
         scores, axes = result.unit_scores(), adapter.axis_map(config)
         result.plots = plot_scores(
             scores,

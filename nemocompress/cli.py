@@ -65,7 +65,13 @@ def _prune(args) -> None:
 
 def _importance(args) -> None:
     result = api.importance(
-        args.model, args.data, args.output, _options(args), tuple(args.block_size), args.overwrite
+        args.model,
+        args.data,
+        args.output,
+        _options(args),
+        tuple(args.block_size),
+        args.overwrite,
+        resume=args.resume,
     )
     print(result.table())
     if result.plots:
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-size", type=int, nargs="+", default=[1], help="layer windows to score (default 1)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores directory")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted calibration into the same -o"
+    )
     _ranking_flags(p, data_required=True)
     p.set_defaults(func=_importance)
 

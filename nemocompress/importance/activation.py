@@ -8,7 +8,7 @@ the adapter's score sites; nothing here knows a model family.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -155,15 +155,18 @@ class ActivationCollector:
 
         return forward
 
-    def collect(self, batches: Iterable[torch.Tensor], progress=None) -> Stats:
-        """Run ``model(batch)`` for every batch (``use_cache=False``) and return the statistics."""
+    def collect(self, batches: Iterable[torch.Tensor], on_batch: Callable[[], None] | None = None) -> Stats:
+        """Run ``model(batch)`` for every batch (``use_cache=False``) and return the statistics.
+
+        ``on_batch`` is called after each batch (to show progress, or to :meth:`flush` and save the sums).
+        """
         with self, torch.no_grad():
             for i, batch in enumerate(batches, 1):
                 self.model(batch.to(next(self.model.parameters()).device), use_cache=False)
                 if i % FLUSH_EVERY == 0:
                     self.flush()
-                if progress is not None:
-                    progress.update(1)
+                if on_batch is not None:
+                    on_batch()
         return self.stats
 
 

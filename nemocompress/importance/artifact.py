@@ -49,11 +49,30 @@ class ImportanceArtifact:
     layers: dict[int, LayerStats]
     meta: dict = field(default_factory=dict)
 
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every statistic under a flat name (``site/KEY/STAT``, ``layers/WINDOW/STAT``)."""
         tensors = {f"site/{k}/{n}": v.contiguous() for k, s in self.stats.items() for n, v in s.items()}
         tensors.update(
             {f"layers/{w}/{n}": v.contiguous() for w, s in self.layers.items() for n, v in s.items()}
         )
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> ImportanceArtifact:
+        """The inverse of :meth:`tensors`."""
+        stats: Stats = {}
+        layers: dict[int, LayerStats] = {}
+        for key, value in tensors.items():
+            kind, rest = key.split("/", 1)
+            owner, name = rest.rsplit("/", 1)
+            if kind == "site":
+                stats.setdefault(owner, {})[name] = value
+            else:
+                layers.setdefault(int(owner), {})[name] = value
+        return cls(stats, layers, meta or {})
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        tensors = self.tensors()
         meta = {**self.meta, "version": SCORES_VERSION}
         with atomic_output_dir(path, overwrite) as tmp:
             safetensors.torch.save_file(tensors, str(tmp / _TENSORS))
@@ -78,16 +97,7 @@ class ImportanceArtifact:
                 f"{path} was computed for another model ({meta.get('fingerprint', {}).get('model_type')} with other "
                 "axis sizes); recompute the scores for this model"
             )
-        stats: Stats = {}
-        layers: dict[int, LayerStats] = {}
-        for key, value in safetensors.torch.load_file(str(path / _TENSORS)).items():
-            kind, rest = key.split("/", 1)
-            owner, name = rest.rsplit("/", 1)
-            if kind == "site":
-                stats.setdefault(owner, {})[name] = value
-            else:
-                layers.setdefault(int(owner), {})[name] = value
-        return cls(stats, layers, meta)
+        return cls.from_tensors(safetensors.torch.load_file(str(path / _TENSORS)), meta)
 
 
 def describe_run(config, data: str, settings: dict) -> dict:

@@ -6,19 +6,25 @@ sums are reduced across processes before any square root, so the result equals a
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from ..arch import Adapter
-from .activation import CONSTANT_STATS, ActivationCollector, Stats
-from .artifact import ImportanceArtifact
+from .activation import CONSTANT_STATS, ActivationCollector
+from .artifact import ImportanceArtifact, ScoresError
 from .depth import CHEAP_METRICS, LayerStats, layer_stats
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "CalibrationCheckpoint"]
 
 
 def _reduce(stats: dict, state: PartialState) -> dict:
@@ -34,6 +40,49 @@ def _reduce(stats: dict, state: PartialState) -> dict:
     return out
 
 
+class CalibrationCheckpoint:
+    """The sums of a calibration in progress, saved so that an interrupted run resumes where it stopped.
+
+    One file per process in ``directory`` (each process has its own shard), replaced atomically at most
+    every ``every_s`` seconds. ``run`` identifies the calibration (model, data, settings); resuming a
+    different one is refused.
+    """
+
+    def __init__(self, directory: str | Path, run: dict, every_s: float = 60.0):
+        state = PartialState()
+        self.directory, self.run, self.every_s = Path(directory), run, every_s
+        self.file = self.directory / f"rank{state.process_index}-of-{state.num_processes}.safetensors"
+        self._saved_at = time.monotonic()
+
+    def load(self) -> tuple[int, ImportanceArtifact]:
+        """(batches done, sums so far); nothing done when this process saved nothing yet."""
+        if not self.file.is_file():
+            return 0, ImportanceArtifact({}, {})
+        with safetensors.safe_open(str(self.file), "pt") as f:
+            meta = f.metadata()
+        if json.loads(meta["run"]) != self.run:
+            raise ScoresError(
+                f"{self.directory} holds an interrupted calibration of another model, data or settings: "
+                "rerun with the same ones to resume it, or pass --overwrite to start over"
+            )
+        return int(meta["done"]), ImportanceArtifact.from_tensors(safetensors.torch.load_file(str(self.file)))
+
+    def due(self) -> bool:
+        return time.monotonic() - self._saved_at >= self.every_s
+
+    def save(self, done: int, sums: ImportanceArtifact) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_name(self.file.name + ".tmp")
+        metadata = {"run": json.dumps(self.run, sort_keys=True), "done": str(done)}
+        safetensors.torch.save_file(sums.tensors(), str(tmp), metadata=metadata)
+        os.replace(tmp, self.file)
+        self._saved_at = time.monotonic()
+
+
+def _summed(a: LayerStats, b: LayerStats) -> LayerStats:
+    return {name: a[name] + value if name in a else value for name, value in b.items()}
+
+
 @torch.no_grad()
 def calibrate(
     model: torch.nn.Module,
@@ -46,27 +95,60 @@ def calibrate(
     token_moments: bool = False,
     progress: bool = True,
     meta: dict | None = None,
+    checkpoint: CalibrationCheckpoint | None = None,
 ) -> ImportanceArtifact:
     """Collect everything importance needs from ``samples`` ``[N, S]`` (token ids).
 
     Returns summed statistics: per score site (for width scores; ``token_moments`` adds what FLAP
     needs) and per layer window size in ``block_sizes`` (for depth scores, the ``layer_metrics``; the
-    default leaves out ``kl`` and ``lm_loss``, which run the LM head once per layer).
+    default leaves out ``kl`` and ``lm_loss``, which run the LM head once per layer). With ``checkpoint``,
+    starts from its saved sums and saves them as it goes.
     """
     state = PartialState()
     batches = list(samples.split(batch_size))[state.process_index :: state.num_processes]
     model.eval()
+    done, sums = checkpoint.load() if checkpoint is not None else (0, ImportanceArtifact({}, {}))
     bar = tqdm(
         total=len(batches) * (1 + len(block_sizes)),
+        initial=done,
         desc="importance",
         disable=not (progress and state.is_main_process),
     )
-    stats: Stats = ActivationCollector(model, adapter, seq_agg, token_moments).collect(batches, progress=bar)
-    layers: dict[int, LayerStats] = {
-        k: layer_stats(model, adapter, batches, window=k, progress=bar, metrics=layer_metrics)
-        for k in block_sizes
-    }
+
+    def step(current: ImportanceArtifact | None = None) -> None:
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if checkpoint is not None and checkpoint.due():
+            checkpoint.save(done, current or sums)
+
+    if done < len(batches):
+        collector = ActivationCollector(model, adapter, seq_agg, token_moments)
+        collector.stats = sums.stats
+
+        def width_step() -> None:
+            if checkpoint is not None and checkpoint.due():
+                collector.flush()
+            step()
+
+        sums.stats = collector.collect(batches[done:], on_batch=width_step)
+    for phase, window in enumerate(block_sizes, 1):
+        start = phase * len(batches)
+        if done >= start + len(batches):
+            continue
+        prior = sums.layers.get(window, {})
+        layers = layer_stats(
+            model,
+            adapter,
+            batches[done - start :],
+            window=window,
+            metrics=layer_metrics,
+            on_batch=lambda so_far, window=window, prior=prior: step(
+                ImportanceArtifact(sums.stats, {**sums.layers, window: _summed(prior, so_far)})
+            ),
+        )
+        sums.layers[window] = _summed(prior, layers)
     bar.close()
     return ImportanceArtifact(
-        _reduce(stats, state), {k: _reduce(v, state) for k, v in layers.items()}, meta or {}
+        _reduce(sums.stats, state), {k: _reduce(v, state) for k, v in sums.layers.items()}, meta or {}
     )

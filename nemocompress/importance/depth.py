@@ -18,7 +18,7 @@ against the model).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +88,14 @@ def layer_stats(
     batches: Iterable[torch.Tensor],
     window: int = 1,
     dropped: Sequence[int] = (),
-    progress=None,
     metrics: Sequence[str] = LAYER_METRICS,
+    on_batch: Callable[[LayerStats], None] | None = None,
 ) -> LayerStats:
     """Sums for ``metrics`` and every window of ``window`` consecutive remaining layers.
 
     ``dropped`` layers are removed for good before scoring (iterative ranking); windows span remaining
     layers only. Returns additive sums (add them across shards, then :func:`finalize_layer_scores`).
+    ``on_batch`` gets the sums so far after each batch (to show progress or save them).
     """
     unknown = set(metrics) - set(LAYER_METRICS)
     if unknown:
@@ -160,8 +161,8 @@ def layer_stats(
             for metric in metrics:
                 _add(stats, f"{metric}_num", w, n, values[metric])
                 _add(stats, f"{metric}_den", w, n, constants[f"{metric}_den"])
-        if progress is not None:
-            progress.update(1)
+        if on_batch is not None:
+            on_batch(stats)
     return stats
 
 
