@@ -227,16 +227,15 @@ def importance(
     )
     result = ImportanceResult(artifact, config, options, [])
     if output_dir is not None and PartialState().is_main_process:
-        artifact.save(output_dir, overwrite)
+        scores, layers = result.unit_scores(), result.layer_scores(min(block_sizes))
+
+        def add_plots(tmp: Path) -> None:
+            kinds = adapter.layer_kinds(config)
+            written = plot_scores(scores, adapter.axis_map(config), layers, tmp / "plots", kinds)
+            result.plots = [Path(output_dir) / "plots" / p.name for p in written]
+
+        artifact.save(output_dir, overwrite, also=add_plots)
         shutil.rmtree(checkpoint.directory, ignore_errors=True)
-        scores, axes = result.unit_scores(), adapter.axis_map(config)
-        result.plots = plot_scores(
-            scores,
-            axes,
-            result.layer_scores(min(block_sizes)),
-            Path(output_dir) / "plots",
-            adapter.layer_kinds(config),
-        )
     return result
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,12 +72,17 @@ class ImportanceArtifact:
                 layers.setdefault(int(owner), {})[name] = value
         return cls(stats, layers, meta or {})
 
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+    def save(
+        self, path: str | Path, overwrite: bool = False, also: Callable[[Path], None] | None = None
+    ) -> Path:
+        """Write the directory atomically; ``also(tmp)`` may add files (plots) before it is renamed."""
         tensors = self.tensors()
         meta = {**self.meta, "version": SCORES_VERSION}
         with atomic_output_dir(path, overwrite) as tmp:
             safetensors.torch.save_file(tensors, str(tmp / _TENSORS))
             (tmp / _META).write_text(json.dumps(meta, indent=1))
+            if also is not None:
+                also(tmp)
         return Path(path)
 
     @classmethod
