@@ -1,0 +1,30 @@
+"""The README's Python API example runs as written, on a tiny checkpoint with sizes that fit it."""
+
+import re
+from pathlib import Path
+
+from nemocompress.zoo import save_zoo_checkpoint
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    block = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    save_zoo_checkpoint("llama", tmp_path / "model")
+    (tmp_path / "calib.txt").write_text(
+        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
+    )
+    monkeypatch.chdir(tmp_path)
+    for placeholder, tiny in (
+        ("path/to/model", str(tmp_path / "model")),
+        ('{"hidden_size": 480}', '{"hidden_size": 48}'),
+        ('{"ffn_hidden_size": 1024}', '{"ffn_hidden_size": 64}'),
+        ("samples=32, seq_len=256", "samples=4, seq_len=16"),
+        ("    ...", "    pass"),
+    ):
+        assert placeholder in block, placeholder
+        block = block.replace(placeholder, tiny)
+    exec(compile(block, str(README), "exec"), {})
+    assert (tmp_path / "scores" / "meta.json").is_file()
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out-ffn" / "config.json").is_file()
+    assert (tmp_path / "plan.json").is_file()
