@@ -1,4 +1,4 @@
-"""The README's Python API example runs as written, on a tiny checkpoint with sizes that fit it."""
+"""The README stays true: its Python example runs, its command-line synopsis names existing flags."""
 
 import re
 from pathlib import Path
@@ -28,3 +28,14 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "scores" / "meta.json").is_file()
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out-ffn" / "config.json").is_file()
     assert (tmp_path / "plan.json").is_file()
+
+
+def test_command_line_synopsis_uses_existing_flags():
+    from nemocompress.cli import build_parser
+
+    block = re.search(r"## Command line\n\n```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    for line in re.split(r"\n(?=nemocompress )", block.strip()):
+        parser = commands.choices[line.split()[1]]
+        known = {flag for action in parser._actions for flag in action.option_strings}
+        assert set(re.findall(r"(--[a-z][a-z0-9-]*)", line)) <= known, line.split("\n")[0]
