@@ -207,6 +207,12 @@ def calibrated(tmp_path_factory):
     return root
 
 
+def _importance(calibrated, out, *flags, data=None) -> int:
+    """``nemocompress importance`` of the calibrated model into ``out`` (exit code)."""
+    data = data or calibrated / "text.txt"
+    return main(["importance", str(calibrated / "model"), "--data", str(data), "-o", str(out), *flags])
+
+
 def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
     model, data = calibrated / "model", calibrated / "text.txt"
     export = {
@@ -217,7 +223,7 @@ def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
         "num_layers": 5,
     }
     flags = ["--samples", "6", "--seq-len", "32"]
-    assert main(["importance", str(model), "--data", str(data), "-o", str(tmp_path / "scores"), *flags]) == 0
+    assert _importance(calibrated, tmp_path / "scores", *flags) == 0
     assert (tmp_path / "scores" / "plots" / "layers_nmse.png").is_file()
     export_json = json.dumps(export)
     assert (
@@ -258,25 +264,20 @@ def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
 
 def test_head_metrics_are_computed_only_when_chosen(calibrated, tmp_path, capsys):
     """kl and lm_loss run the LM head per layer: scores have them only when asked, and say so when not."""
-    model, data = calibrated / "model", calibrated / "text.txt"
+    model = calibrated / "model"
     flags = ["--samples", "4", "--seq-len", "16"]
     prune = ["prune", str(model), "--export-config", '{"num_layers": 5}', "--layer-metric", "kl", "--scores"]
-    assert main(["importance", str(model), "--data", str(data), "-o", str(tmp_path / "cheap"), *flags]) == 0
+    assert _importance(calibrated, tmp_path / "cheap", *flags) == 0
     assert main([*prune, str(tmp_path / "cheap"), "-o", str(tmp_path / "a")]) == 2
     assert "recompute them with `--layer-metric kl`" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     scores = tmp_path / "with-kl"
-    assert (
-        main(
-            ["importance", str(model), "--data", str(data), "-o", str(scores), "--layer-metric", "kl", *flags]
-        )
-        == 0
-    )
+    assert _importance(calibrated, scores, "--layer-metric", "kl", *flags) == 0
     assert set(api.load_importance(scores, model).layer_scores(1)) == {"nmse", "hidden_mse", "cosine", "kl"}
     assert main([*prune, str(scores), "-o", str(tmp_path / "b")]) == 0
     # the issue's spelling: --batch-size for the calibration batch, hyphenated metric names
-    spelled = ["--layer-metric", "lm-loss", "--batch-size", "2", "-o", str(tmp_path / "lm")]
-    assert main(["importance", str(model), "--data", str(data), *spelled, *flags]) == 0
+    spelled = ["--layer-metric", "lm-loss", "--batch-size", "2"]
+    assert _importance(calibrated, tmp_path / "lm", *spelled, *flags) == 0
     loaded = api.load_importance(tmp_path / "lm", model, ImportanceOptions(layer_metric="lm_loss"))
     assert "lm_loss" in loaded.layer_scores(1)
     assert loaded.artifact.meta["settings"]["batch_size"] == 2
@@ -284,23 +285,7 @@ def test_head_metrics_are_computed_only_when_chosen(calibrated, tmp_path, capsys
 
 def test_scores_for_another_model_are_refused(calibrated, tmp_path, capsys):
     save_zoo_checkpoint("llama", tmp_path / "other")
-    assert (
-        main(
-            [
-                "importance",
-                str(calibrated / "model"),
-                "--data",
-                str(calibrated / "text.txt"),
-                "-o",
-                str(tmp_path / "s"),
-                "--samples",
-                "4",
-                "--seq-len",
-                "16",
-            ]
-        )
-        == 0
-    )
+    assert _importance(calibrated, tmp_path / "s", "--samples", "4", "--seq-len", "16") == 0
     code = main(
         [
             "prune",
@@ -326,39 +311,14 @@ def test_bad_calibration_data(calibrated, tmp_path, capsys, content, message):
     data.mkdir()
     if content is not None:
         (data / "a.txt").write_text(content)
-    code = main(
-        [
-            "importance",
-            str(calibrated / "model"),
-            "--data",
-            str(data),
-            "-o",
-            str(tmp_path / "s"),
-            "--seq-len",
-            "64",
-        ]
-    )
-    assert code == 2
+    assert _importance(calibrated, tmp_path / "s", "--seq-len", "64", data=data) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
 def test_flap_needs_token_moments(calibrated, tmp_path, capsys):
     flags = ["--samples", "4", "--seq-len", "16"]
-    assert (
-        main(
-            [
-                "importance",
-                str(calibrated / "model"),
-                "--data",
-                str(calibrated / "text.txt"),
-                "-o",
-                str(tmp_path / "s"),
-                *flags,
-            ]
-        )
-        == 0
-    )
+    assert _importance(calibrated, tmp_path / "s", *flags) == 0
     code = main(
         [
             "prune",
@@ -403,11 +363,11 @@ def test_api_importance_without_output_returns_scores(calibrated):
 
 def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path, capsys):
     """--dtype runs the model in half precision (statistics still summed in float32/float64)."""
-    model, data = calibrated / "model", calibrated / "text.txt"
-    flags = ["--data", str(data), "--samples", "8", "--seq-len", "32"]
+    model = calibrated / "model"
+    flags = ["--samples", "8", "--seq-len", "32"]
     found = {}
     for dtype in ("float32", "bfloat16", "float16"):
-        assert main(["importance", str(model), *flags, "--dtype", dtype, "-o", str(tmp_path / dtype)]) == 0
+        assert _importance(calibrated, tmp_path / dtype, *flags, "--dtype", dtype) == 0
         found[dtype] = api.load_importance(tmp_path / dtype, model)
         assert found[dtype].artifact.meta["settings"]["dtype"] == dtype
     exact = found["float32"]
@@ -419,7 +379,7 @@ def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path,
         assert 0 < error < tol, (dtype, error)  # nonzero: it did run in half precision
         for metric, v in exact.layer_scores().items():
             assert ((layers[metric] - v).abs() / v.abs()).max() < tol, (dtype, metric)
-    assert main(["importance", str(model), *flags, "--device", "gpu0", "-o", str(tmp_path / "bad")]) == 2
+    assert _importance(calibrated, tmp_path / "bad", *flags, "--device", "gpu0") == 2
     assert "device must be a torch device" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
