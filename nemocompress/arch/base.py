@@ -300,6 +300,15 @@ class Adapter:
     def score_sites(self, config) -> list[ScoreSite]:
         return self.describe(config).scores
 
+    def trunk(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module that maps ``input_ids`` to the last hidden state (final norm included), e.g.
+        ``model.model``; its output's ``last_hidden_state`` is what the LM head reads."""
+        return model.get_submodule(self.layers_prefix.rsplit(".", 1)[0])
+
+    def lm_head(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The LM head: a module mapping the trunk's last hidden state ``[..., D]`` to logits ``[..., V]``."""
+        return model.get_output_embeddings()
+
     def axis_map(self, config) -> dict[str, Axis]:
         return {a.name: a for a in self.axes(config)}
 

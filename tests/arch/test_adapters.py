@@ -64,3 +64,14 @@ def test_unsupported_model_type_lists_supported():
         get_adapter("gpt2")
     for t in supported_model_types():
         assert t in str(e.value)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_trunk_and_lm_head_give_the_logits(name):
+    model = zoo_model(name).eval()
+    adapter = get_adapter(model.config)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = adapter.trunk(model)(input_ids=ids, use_cache=False).last_hidden_state
+        logits = adapter.lm_head(model)(hidden)
+        torch.testing.assert_close(logits, model(input_ids=ids, use_cache=False).logits)
