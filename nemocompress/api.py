@@ -74,7 +74,7 @@ class ModelInfo:
                 ["active params", human(c.active_params)],
                 [f"weights ({self.dtype})", human(c.weight_bytes, "B")],
                 [f"KV cache ({c.batch_size} x {c.context_length} tokens)", human(c.kv_cache_bytes, "B")],
-                ["Mamba state", human(c.mamba_state_bytes, "B")],
+                ["recurrent state", human(c.state_bytes, "B")],
                 ["memory", human(c.memory_bytes, "B")],
             ],
             ["cost", "value"],
@@ -128,13 +128,12 @@ class ImportanceResult:
     plots: list[Path]
 
     def unit_scores(self, restrict: dict | None = None) -> dict[str, torch.Tensor]:
-        sites = get_adapter(self.config).score_sites(self.config)
-        stats, o = self.artifact.stats, self.options
+        adapter = get_adapter(self.config)
+        sites, stats, o = adapter.score_sites(self.config), self.artifact.stats, self.options
         if o.ranking == "flap":
             return flap_scores(sites, stats, o.expert_metric)
-        return activation_scores(
-            sites, stats, o.batch_agg, {"mamba": o.mamba_source}, o.expert_metric, restrict
-        )
+        sources = o.chosen_sources(adapter, self.config)
+        return activation_scores(sites, stats, o.batch_agg, sources, o.expert_metric, restrict)
 
     def layer_scores(self, window: int = 1) -> dict[str, torch.Tensor]:
         if window not in self.artifact.layers:
@@ -195,7 +194,10 @@ def importance(
     """
     config = load_config(model_dir)
     adapter = get_adapter(config)
-    meta = describe_run(config, str(data), {**options.to_dict(), "block_sizes": list(block_sizes)})
+    # the sources recorded are those used (defaults filled in), so that leaving one unset or naming its
+    # default is the same run for --resume
+    settings = {**options.to_dict(), "sources": options.chosen_sources(adapter, config)}
+    meta = describe_run(config, str(data), {**settings, "block_sizes": list(block_sizes)})
     checkpoint = None
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=(model_dir,))

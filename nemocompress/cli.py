@@ -7,6 +7,7 @@ import json
 import sys
 
 from . import __version__, api
+from .arch import SCORE_CHOICES
 from .distill import DistillConfig, cache_teacher, distill
 from .distill.config import INTERMEDIATE_LOSSES, KD_LOSSES
 from .errors import NemocompressError
@@ -15,7 +16,6 @@ from .importance.depth import LAYER_METRICS
 from .importance.options import (
     CALIBRATION_DTYPES,
     LAYER_SELECTIONS,
-    MAMBA_SOURCES,
     RANKINGS,
     ImportanceOptions,
 )
@@ -34,7 +34,7 @@ def _options(args) -> ImportanceOptions:
         ranking=ranking,
         seq_agg=args.seq_agg,
         batch_agg=args.batch_agg,
-        mamba_source=args.mamba_source,
+        sources={} if args.mamba_source is None else {"mamba": args.mamba_source},
         expert_metric=args.expert_metric,
         layer_metric=args.layer_metric,
         layer_selection=args.layer_selection,
@@ -177,7 +177,10 @@ def _ranking_flags(p, data_required: bool = False) -> None:
     )
     p.add_argument("--batch-agg", default="l2", choices=BATCH_AGGREGATIONS, help="over samples (default l2)")
     p.add_argument(
-        "--mamba-source", default="x", choices=MAMBA_SOURCES, help="Mamba activation to score (default x)"
+        "--mamba-source",
+        default=None,
+        choices=SCORE_CHOICES["mamba"],
+        help=f"Mamba activation to score (default {SCORE_CHOICES['mamba'][0]})",
     )
     p.add_argument(
         "--expert-metric", default="reap", choices=EXPERT_METRICS, help="MoE expert score (default reap)"

@@ -8,6 +8,7 @@ from .base import (
     Adapter,
     Axis,
     DiskKey,
+    ExpertsCall,
     MaskSite,
     ScoreSite,
     Segment,
@@ -16,6 +17,7 @@ from .base import (
     disk_dims,
     select,
 )
+from .blocks import SCORE_CHOICES
 from .llama import LlamaAdapter, MixtralAdapter, Qwen2Adapter, Qwen3Adapter, Qwen3MoeAdapter
 from .mamba2 import Mamba2Adapter
 from .nemotron_h import NemotronHAdapter
@@ -25,9 +27,11 @@ __all__ = [
     "Adapter",
     "Axis",
     "DiskKey",
+    "ExpertsCall",
     "MaskSite",
     "ScoreSite",
     "Segment",
+    "SCORE_CHOICES",
     "TensorSpec",
     "dim_indices",
     "disk_dims",

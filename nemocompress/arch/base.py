@@ -27,6 +27,7 @@ __all__ = [
     "TensorSpec",
     "MaskSite",
     "ScoreSite",
+    "ExpertsCall",
     "DiskKey",
     "Adapter",
     "dim_indices",
@@ -54,7 +55,8 @@ class Axis:
     """One prunable axis instance.
 
     ``units`` form ``groups`` contiguous blocks of equal size; a plan keeps the same count in every block
-    (query heads per KV group, Mamba heads per B/C group, experts per routing group).
+    (query heads per KV group, Mamba heads per B/C group, experts per routing group). ``group_field``
+    names the config field that counts the groups, for messages (e.g. ``num_key_value_heads``).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Axis:
     size: int
     layer: int | None = None
     groups: int = 1
+    group_field: str | None = None
 
     @property
     def group_size(self) -> int:
@@ -159,14 +162,34 @@ class MaskSite:
 
 
 @dataclass(frozen=True)
+class ExpertsCall:
+    """How a fused-experts module is called and what it computes, so that importance/ can run it itself.
+
+    The module's forward takes, in the order of ``args`` (by position or by these names), the token states
+    ``[T, D]``, the routed expert indices ``[T, k]`` and their routing weights ``[T, k]``, and returns
+    ``[T, D]``: the weighted sum over the k experts of ``down[e] @ f(up[e] @ x)``. ``up`` and ``down`` name
+    the parameters ``[E, F (x2 when gated), D]`` and ``[E, D, F]``; ``activation`` names the module's
+    elementwise activation attribute. ``gated``: up's rows are ``[gate | up]`` halves and
+    ``f(u) = act(gate) * up`` (SwiGLU); otherwise ``f(u) = act(u)``.
+    """
+
+    args: tuple[str, str, str] = ("hidden_states", "top_k_index", "top_k_weights")
+    up: str = "gate_up_proj"
+    down: str = "down_proj"
+    activation: str = "act_fn"
+    gated: bool = True
+
+
+@dataclass(frozen=True)
 class ScoreSite:
     """An activation that scores axes: the last dim of ``module``'s output (or first input), from ``start``.
 
     ``segments`` map those channels to axes as in :class:`TensorSpec`. ``choice`` = (group, variant) marks
-    alternatives of which one is used at a time (Mamba: x-branch, z-branch or out_proj input).
+    alternatives of which one is used at a time (Mamba: x-branch, z-branch or out_proj input);
+    ``variants`` lists every variant of the group, its default first.
     ``weight``: the module's weight whose columns these channels multiply (an output projection; FLAP uses
     it). ``how`` is ``activation``, or ``experts`` for a fused-experts module (REAP and expert neurons;
-    then ``segments`` are (experts, expert_ffn) and ``gated`` says SwiGLU vs plain experts).
+    then ``segments`` are (experts, expert_ffn) and ``experts`` says how the module is called).
     """
 
     module: str
@@ -174,10 +197,16 @@ class ScoreSite:
     segments: tuple[Segment, ...]
     start: int = 0
     choice: tuple[str, str] | None = None
+    variants: tuple[str, ...] = ()
     weight: str | None = None
     how: str = "activation"
-    gated: bool = False
-    param_names: tuple[str, str] = ("gate_up_proj", "down_proj")
+    experts: ExpertsCall | None = None
+
+    def __post_init__(self):
+        if self.choice is not None and self.choice[1] not in self.variants:
+            raise ValueError(f"{self.key}: variant {self.choice[1]!r} is not one of {self.variants}")
+        if (self.how == "experts") != (self.experts is not None):
+            raise ValueError(f"{self.key}: an experts site (and only one) says how its module is called")
 
     @property
     def key(self) -> str:
@@ -186,6 +215,11 @@ class ScoreSite:
     @property
     def width(self) -> int:
         return sum(s.length for s in self.segments)
+
+    @property
+    def default(self) -> bool:
+        """Whether this site is used when its choice group is left unset (sites without a choice: always)."""
+        return self.choice is None or self.choice[1] == self.variants[0]
 
 
 @dataclass(frozen=True)
@@ -265,9 +299,10 @@ class Adapter:
         """Key (= value) channels per token of one attention layer: KV heads x head dim."""
         return 0
 
-    def mamba_state_bytes(self, config, dtype: torch.dtype) -> int:
-        """Per-sequence bytes of the conv and SSM state of one Mamba layer (0 for families without Mamba)."""
-        return 0
+    def state_bytes_per_layer(self, config, dtype: torch.dtype) -> list[int]:
+        """Per decoder layer, bytes of one sequence's recurrent and conv state (0 where a layer keeps none,
+        e.g. attention, whose KV cache grows with the context instead). ``dtype``: the activations' dtype."""
+        return [0] * self.num_layers(config)
 
     def experts_per_token(self, config) -> int:
         """Routed experts each token uses (0 for dense families)."""
@@ -299,6 +334,11 @@ class Adapter:
 
     def score_sites(self, config) -> list[ScoreSite]:
         return self.describe(config).scores
+
+    def score_choices(self, config) -> dict[str, tuple[str, ...]]:
+        """Alternative score sites of this model: group -> its variants, the default first
+        (e.g. ``{"mamba": ("x", "z", "out_proj")}``; empty when the model has none)."""
+        return {s.choice[0]: s.variants for s in self.score_sites(config) if s.choice is not None}
 
     def trunk(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module that maps ``input_ids`` to the last hidden state (final norm included), e.g.

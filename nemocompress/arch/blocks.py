@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import MaskSite, ScoreSite, Segment, TensorSpec
+from .base import ExpertsCall, MaskSite, ScoreSite, Segment, TensorSpec
 
 __all__ = [
     "Block",
     "HIDDEN",
     "DEPTH",
+    "SCORE_CHOICES",
     "axis_name",
     "hidden_dim",
     "embeddings",
@@ -31,6 +32,9 @@ __all__ = [
 
 HIDDEN = "hidden"
 DEPTH = "layers"
+#: every choice group of alternative score sites that a block offers: group -> variants, the default first.
+#: Mamba-2: the x branch of in_proj (Minitron-SSM), its z branch, or out_proj's input.
+SCORE_CHOICES: dict[str, tuple[str, ...]] = {"mamba": ("x", "z", "out_proj")}
 
 
 @dataclass
@@ -194,10 +198,15 @@ def mamba2_mixer(
     specs.append(TensorSpec(f"{prefix}.norm.weight", (inner,), {0: (ch,)}, layer))
     specs += _linear(f"{prefix}.out_proj", hidden_dim(d), (ch,), (d, inner), layer, proj_bias)
     in_proj, out_proj = f"{prefix}.in_proj", f"{prefix}.out_proj"
+    variants = SCORE_CHOICES["mamba"]
+
+    def site(module, where, start=0, variant="x", weight=None):
+        return ScoreSite(module, where, (ch,), start, ("mamba", variant), variants, weight)
+
     scores = [
-        ScoreSite(in_proj, "output", (ch,), start=inner, choice=("mamba", "x")),
-        ScoreSite(in_proj, "output", (ch,), start=0, choice=("mamba", "z")),
-        ScoreSite(out_proj, "input", (ch,), choice=("mamba", "out_proj"), weight="weight"),
+        site(in_proj, "output", start=inner, variant="x"),
+        site(in_proj, "output", start=0, variant="z"),
+        site(out_proj, "input", variant="out_proj", weight="weight"),
     ]
     return Block(specs, [MaskSite(f"{prefix}.norm", "gated_rms_norm", (ch,), groups=groups)], scores)
 
@@ -208,20 +217,20 @@ def fused_experts(
     d_in: int,
     num_experts: int,
     width: int,
-    gated: bool,
+    call: ExpertsCall,
     hidden_cut: bool,
-    names: tuple[str, str] = ("gate_up_proj", "down_proj"),
 ) -> Block:
     """Routed experts stored fused, ``[E, F(*2), D_in]`` and ``[E, D_in, F]``.
 
-    ``hidden_cut`` is False for latent MoE (experts work in the latent width, which is not cut).
+    ``call``: how the family's experts module is called and computes (its parameter names, activation and
+    gating). ``hidden_cut`` is False for latent MoE (experts work in the latent width, which is not cut).
     """
     experts = (Segment(num_experts, outer=axis_name(layer, "experts")),)
     ffn = Segment(width, outer=axis_name(layer, "expert_ffn"))
     d = hidden_dim(d_in) if hidden_cut else (Segment(d_in),)
-    up_rows = (ffn, ffn) if gated else (ffn,)
-    up, down = names
-    rows = width * (2 if gated else 1)
+    up_rows = (ffn, ffn) if call.gated else (ffn,)
+    up, down = call.up, call.down
+    rows = width * (2 if call.gated else 1)
     specs = [
         TensorSpec(
             f"{prefix}.{up}", (num_experts, rows, d_in), {0: experts, 1: up_rows, 2: d}, layer, routed=True
@@ -230,7 +239,7 @@ def fused_experts(
             f"{prefix}.{down}", (num_experts, d_in, width), {0: experts, 1: d, 2: (ffn,)}, layer, routed=True
         ),
     ]
-    site = ScoreSite(prefix, "input", (experts[0], ffn), how="experts", gated=gated, param_names=names)
+    site = ScoreSite(prefix, "input", (experts[0], ffn), how="experts", experts=call)
     return Block(specs, [MaskSite(prefix, "input_columns", (ffn,), param=down)], [site])
 
 

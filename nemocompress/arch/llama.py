@@ -5,7 +5,7 @@ All share pre-norm attention with GQA and RoPE; they differ in biases, q/k norms
 
 from __future__ import annotations
 
-from .base import Adapter, Axis
+from .base import Adapter, Axis, ExpertsCall
 from .blocks import (
     DEPTH,
     HIDDEN,
@@ -66,7 +66,9 @@ class LlamaAdapter(Adapter):
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", config.num_hidden_layers)]
         for i in range(config.num_hidden_layers):
             h, kv = config.num_attention_heads, config.num_key_value_heads
-            axes.append(Axis(axis_name(i, "attention_heads"), "attention_heads", h, i, kv))
+            axes.append(
+                Axis(axis_name(i, "attention_heads"), "attention_heads", h, i, kv, "num_key_value_heads")
+            )
             if self.is_moe_layer(config, i):
                 axes.append(Axis(axis_name(i, "experts"), "experts", self.num_experts(config), i))
                 axes.append(Axis(axis_name(i, "expert_ffn"), "expert_ffn", self.expert_width(config), i))
@@ -133,6 +135,8 @@ class MixtralAdapter(LlamaAdapter):
     """Mixtral: every layer is a softmax-routed MoE of SwiGLU experts."""
 
     model_types = ("mixtral",)
+    #: transformers' fused SwiGLU experts: forward(hidden_states, top_k_index, top_k_weights), act_fn
+    experts_call = ExpertsCall()
     export_keys = {
         "hidden_size": "hidden",
         "num_attention_heads": "attention_heads",
@@ -175,7 +179,7 @@ class MixtralAdapter(LlamaAdapter):
     def feed_forward(self, prefix, i, config):
         d, e = config.hidden_size, self.num_experts(config)
         experts = fused_experts(
-            f"{prefix}.mlp.experts", i, d, e, self.expert_width(config), gated=True, hidden_cut=True
+            f"{prefix}.mlp.experts", i, d, e, self.expert_width(config), self.experts_call, hidden_cut=True
         )
         return experts + router(f"{prefix}.mlp.gate", i, d, e, "softmax")
 

@@ -34,17 +34,25 @@ class Mamba2Adapter(Adapter):
     def kv_cache_layers(self, config) -> list[int]:
         return []
 
-    def mamba_state_bytes(self, config, dtype) -> int:
+    def state_bytes_per_layer(self, config, dtype) -> list[int]:
         c = config
-        return mamba2_state_bytes(
+        per_layer = mamba2_state_bytes(
             c.num_heads, c.head_dim, c.n_groups, c.state_size, c.conv_kernel, dtype, dtype
         )
+        return [per_layer] * c.num_hidden_layers
 
     def axes(self, config) -> list[Axis]:
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", config.num_hidden_layers)]
         for i in range(config.num_hidden_layers):
             axes.append(
-                Axis(axis_name(i, "mamba_heads"), "mamba_heads", config.num_heads, i, config.n_groups)
+                Axis(
+                    axis_name(i, "mamba_heads"),
+                    "mamba_heads",
+                    config.num_heads,
+                    i,
+                    config.n_groups,
+                    "n_groups",
+                )
             )
             axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.head_dim, i))
         return axes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import PlanError
-from .base import Adapter, Axis, TensorSpec
+from .base import Adapter, Axis, ExpertsCall, TensorSpec
 from .blocks import (
     DEPTH,
     HIDDEN,
@@ -25,6 +25,8 @@ from .blocks import (
 __all__ = ["NemotronHAdapter"]
 
 MAMBA, ATTENTION, MLP, MOE = "linear_attention", "full_attention", "mlp", "moe"
+#: transformers' NemotronHExperts: forward(hidden_states, top_k_index, top_k_weights), act_fn(up_proj x)
+_EXPERTS = ExpertsCall(up="up_proj", gated=False)
 _LAYER_WORD = {MAMBA: "mamba", ATTENTION: "attention", MLP: "mlp", MOE: "moe"}
 
 
@@ -68,12 +70,14 @@ class NemotronHAdapter(Adapter):
     def kv_width(self, config) -> int:
         return config.num_key_value_heads * config.head_dim
 
-    def mamba_state_bytes(self, config, dtype) -> int:
+    def state_bytes_per_layer(self, config, dtype) -> list[int]:
+        """Mamba layers keep a conv window and an SSM state (in ``mamba_ssm_cache_dtype``); others none."""
         ssm_dtype = getattr(torch, str(config.mamba_ssm_cache_dtype).replace("torch.", ""))
-        return mamba2_state_bytes(
+        mamba = mamba2_state_bytes(
             config.mamba_num_heads, config.mamba_head_dim, config.n_groups, config.ssm_state_size,
             config.conv_kernel, dtype, ssm_dtype,
         )  # fmt: skip
+        return [mamba if t == MAMBA else 0 for t in config.layers_block_type]
 
     def experts_per_token(self, config) -> int:
         return config.num_experts_per_tok if MOE in config.layers_block_type else 0
@@ -96,18 +100,32 @@ class NemotronHAdapter(Adapter):
             if t == MAMBA:
                 axes.append(
                     Axis(
-                        axis_name(i, "mamba_heads"), "mamba_heads", config.mamba_num_heads, i, config.n_groups
-                    )
+                        axis_name(i, "mamba_heads"),
+                        "mamba_heads",
+                        config.mamba_num_heads,
+                        i,
+                        config.n_groups,
+                        "n_groups",
+                    )  # fmt: skip
                 )
                 axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.mamba_head_dim, i))
             elif t == ATTENTION:
                 h, kv = config.num_attention_heads, config.num_key_value_heads
-                axes.append(Axis(axis_name(i, "attention_heads"), "attention_heads", h, i, kv))
+                axes.append(
+                    Axis(axis_name(i, "attention_heads"), "attention_heads", h, i, kv, "num_key_value_heads")
+                )
             elif t == MLP:
                 axes.append(Axis(axis_name(i, "mlp"), "mlp", config.intermediate_size, i))
             elif t == MOE:
                 axes.append(
-                    Axis(axis_name(i, "experts"), "experts", config.n_routed_experts, i, config.n_group)
+                    Axis(
+                        axis_name(i, "experts"),
+                        "experts",
+                        config.n_routed_experts,
+                        i,
+                        config.n_group,
+                        "n_group",
+                    )
                 )
                 axes.append(Axis(axis_name(i, "expert_ffn"), "expert_ffn", config.moe_intermediate_size, i))
                 axes.append(
@@ -153,7 +171,7 @@ class NemotronHAdapter(Adapter):
         d_in = latent if latent is not None else d
         block = fused_experts(
             f"{m}.experts", i, d_in, config.n_routed_experts, config.moe_intermediate_size,
-            gated=False, hidden_cut=latent is None, names=("up_proj", "down_proj"),
+            _EXPERTS, hidden_cut=latent is None,
         )  # fmt: skip
         block += router(f"{m}.gate", i, d, config.n_routed_experts, "sigmoid_bias", True, config.n_group)
         block += plain_mlp(

@@ -122,17 +122,24 @@ class ActivationCollector:
         the way: REAP, routing frequency and output norm per expert, and the expert-neuron moments (one
         ranking shared by all experts). The output equals the module's own forward.
         """
-        up_name, down_name = site.param_names
+        call = site.experts
+        activation = getattr(module, call.activation)
 
-        def forward(hidden_states, top_k_index, top_k_weights):
-            up, down = getattr(module, up_name), getattr(module, down_name)
+        def forward(*args, **kwargs):
+            given = {**dict(zip(call.args, args)), **kwargs}
+            hidden_states, top_k_index, top_k_weights = (given[name] for name in call.args)
+            up, down = getattr(module, call.up), getattr(module, call.down)
             num_experts, k = up.shape[0], top_k_index.shape[-1]
             flat = top_k_index.reshape(-1)
             order = flat.argsort(stable=True)
             counts = torch.bincount(flat, minlength=num_experts)
             gates = top_k_weights.reshape(-1)[order]
             h = _per_expert_linear(hidden_states[order // k], up, counts)
-            h = module._apply_gate(h) if site.gated else module.act_fn(h)
+            if call.gated:
+                gate, h = h.chunk(2, dim=-1)
+                h = activation(gate) * h
+            else:
+                h = activation(h)
             y = _per_expert_linear(h, down, counts)
             norm = y.float().norm(dim=-1)
             expert = flat[order]

@@ -101,7 +101,7 @@ def layer_stats(
     if unknown:
         raise ValueError(f"unknown layer metrics {sorted(unknown)}; choose from {LAYER_METRICS}")
     layers = model.get_submodule(adapter.layers_prefix)
-    lm_head = model.get_output_embeddings()
+    lm_head = adapter.lm_head(model)
     remaining = [i for i in range(len(layers)) if i not in set(dropped)]
     starts = range(len(remaining) - window + 1)
     gone = {layers[i]: _identity for i in dropped}

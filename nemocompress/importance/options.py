@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..arch import SCORE_CHOICES, Adapter
 from ..errors import NemocompressError
 from .activation import SEQ_AGGREGATIONS
 from .depth import LAYER_METRICS
 from .scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
-__all__ = ["ImportanceOptions", "RANKINGS", "MAMBA_SOURCES", "LAYER_SELECTIONS", "CALIBRATION_DTYPES"]
+__all__ = ["ImportanceOptions", "RANKINGS", "LAYER_SELECTIONS", "CALIBRATION_DTYPES"]
 
 RANKINGS = ("activation", "flap", "magnitude", "random")
-MAMBA_SOURCES = ("x", "z", "out_proj")
 CALIBRATION_DTYPES = ("float32", "bfloat16", "float16")
 LAYER_SELECTIONS = ("individual", "contiguous", "iterative")
 
@@ -26,7 +27,9 @@ class ImportanceOptions:
     ranking: ``activation`` (Minitron, default), ``flap``, ``magnitude`` (weights only), ``random`` (seeded).
     seq_agg / batch_agg: aggregation of activations over the sequence (``mean`` of |X|, ``l2``) and over
         samples (``l2``, ``mean``, ``var``); Minitron's best was mean then L2.
-    mamba_source: which Mamba activation ranks heads and head channels: ``x`` (Minitron-SSM), ``z`` or
+    sources: for models whose adapter offers alternative score sites, choice group -> variant (see
+        ``nemocompress.arch.SCORE_CHOICES``); a group left out uses its default. E.g. ``{"mamba": "z"}``:
+        which Mamba activation ranks heads and head channels, ``x`` (Minitron-SSM, the default), ``z`` or
         ``out_proj`` (the out_proj input), for ablations.
     expert_metric: ``reap`` (gate-weighted expert output norm), ``frequency`` or ``output_norm``.
     layer_metric: ``nmse`` (default), ``kl``, ``hidden_mse``, ``cosine`` or ``lm_loss``.
@@ -41,7 +44,7 @@ class ImportanceOptions:
     ranking: str = "activation"
     seq_agg: str = "mean"
     batch_agg: str = "l2"
-    mamba_source: str = "x"
+    sources: Mapping[str, str] = field(default_factory=dict)
     expert_metric: str = "reap"
     layer_metric: str = "nmse"
     layer_selection: str = "individual"
@@ -57,7 +60,6 @@ class ImportanceOptions:
             ("ranking", RANKINGS),
             ("seq_agg", SEQ_AGGREGATIONS),
             ("batch_agg", BATCH_AGGREGATIONS),
-            ("mamba_source", MAMBA_SOURCES),
             ("expert_metric", EXPERT_METRICS),
             ("layer_metric", LAYER_METRICS),
             ("layer_selection", LAYER_SELECTIONS),
@@ -66,6 +68,17 @@ class ImportanceOptions:
             if getattr(self, name) not in allowed:
                 raise NemocompressError(
                     f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        object.__setattr__(self, "sources", dict(self.sources))
+        for group, variant in self.sources.items():
+            if group not in SCORE_CHOICES:
+                raise NemocompressError(
+                    f"sources: no adapter offers a score-site choice {group!r}; "
+                    f"choose from {', '.join(SCORE_CHOICES)}"
+                )
+            if variant not in SCORE_CHOICES[group]:
+                raise NemocompressError(
+                    f"sources[{group!r}] must be one of {', '.join(SCORE_CHOICES[group])}, got {variant!r}"
                 )
         if self.device is not None:
             try:
@@ -81,6 +94,21 @@ class ImportanceOptions:
     @property
     def needs_data(self) -> bool:
         return self.ranking in ("activation", "flap")
+
+    def chosen_sources(self, adapter: Adapter, config) -> dict[str, str]:
+        """Every score-site choice group of this model -> the variant used (``sources``, else the default).
+
+        Refuses a group the model does not offer (a setting that would otherwise be silently ignored).
+        """
+        offered = adapter.score_choices(config)
+        extra = sorted(set(self.sources) - set(offered))
+        if extra:
+            has = ", ".join(offered) or "none"
+            raise NemocompressError(
+                f"sources: this {config.model_type} model has no {extra[0]!r} score sites to choose from "
+                f"(its choice groups: {has}); leave {extra[0]!r} unset"
+            )
+        return {group: self.sources.get(group, variants[0]) for group, variants in offered.items()}
 
     def to_dict(self) -> dict:
         return asdict(self)

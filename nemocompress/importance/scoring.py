@@ -65,7 +65,10 @@ def _distribute(
 
 
 def _chosen(site: ScoreSite, choices: Mapping[str, str]) -> bool:
-    return site.choice is None or choices.get(site.choice[0], "x") == site.choice[1]
+    """Whether ``site`` is used: it belongs to no choice group, or is its group's chosen (else default) variant."""
+    if site.choice is None or site.choice[0] not in choices:
+        return site.default
+    return choices[site.choice[0]] == site.choice[1]
 
 
 def _experts(
@@ -95,7 +98,8 @@ def activation_scores(
     """Minitron activation scores, axis name -> [units] (float32).
 
     Args:
-        choices: alternative sites to use, e.g. ``{"mamba": "x"}`` (default), ``"z"`` or ``"out_proj"``.
+        choices: score-site choice group -> variant to use (see :class:`ScoreSite`), e.g. ``{"mamba": "z"}``;
+            a group left out uses its default variant (the first of the site's ``variants``).
         restrict: inner axis -> kept indices; outer scores then use only those positions (Mamba heads are
             scored on the kept head channels once ``mamba_head_dim`` is chosen).
     """

@@ -13,19 +13,23 @@ __all__ = ["Cost", "model_cost"]
 
 @dataclass(frozen=True)
 class Cost:
-    """Sizes in parameters and bytes. ``memory_bytes`` = weights + KV cache + Mamba state."""
+    """Sizes in parameters and bytes. ``memory_bytes`` = weights + KV cache + recurrent state.
+
+    ``state_bytes``: the fixed-size state that recurrent layers keep per sequence (Mamba's conv window and
+    SSM state), whatever the context length.
+    """
 
     params: int
     active_params: int
     weight_bytes: int
     kv_cache_bytes: int
-    mamba_state_bytes: int
+    state_bytes: int
     context_length: int
     batch_size: int
 
     @property
     def memory_bytes(self) -> int:
-        return self.weight_bytes + self.kv_cache_bytes + self.mamba_state_bytes
+        return self.weight_bytes + self.kv_cache_bytes + self.state_bytes
 
     def to_dict(self) -> dict:
         return {**asdict(self), "memory_bytes": self.memory_bytes}
@@ -38,8 +42,8 @@ def model_cost(
 
     Parameters exclude buffers and count tied weights once. Active parameters count top-k of the routed
     experts. Memory: weights in ``dtype``; KV cache of every attention layer (keys and values, ``dtype``) for
-    ``batch_size`` sequences of ``context_length`` tokens; Mamba conv and SSM state per sequence (the SSM
-    state in the family's cache dtype, e.g. float32 for NemotronH).
+    ``batch_size`` sequences of ``context_length`` tokens; the recurrent and conv state of every layer that
+    keeps one, per sequence, as the adapter counts it (e.g. NemotronH's SSM state in its float32 cache dtype).
     """
     adapter = get_adapter(config)
     params = routed = 0
@@ -58,6 +62,5 @@ def model_cost(
         * batch_size
         * dtype.itemsize
     )
-    n_mamba = adapter.layer_kinds(config).count("mamba")
-    mamba = n_mamba * adapter.mamba_state_bytes(config, dtype) * batch_size
-    return Cost(params, active, params * dtype.itemsize, kv, mamba, context_length, batch_size)
+    state = sum(adapter.state_bytes_per_layer(config, dtype)) * batch_size
+    return Cost(params, active, params * dtype.itemsize, kv, state, context_length, batch_size)

@@ -12,12 +12,6 @@ from .plan import Plan, make_plan
 
 __all__ = ["plan_from_targets", "top_units"]
 
-_GROUP_REASON = {
-    "attention_heads": "query heads are kept per KV group (num_key_value_heads = {g})",
-    "mamba_heads": "Mamba heads are kept per B/C group (n_groups = {g})",
-    "experts": "experts are kept per routing group (n_group = {g})",
-}
-
 
 def top_units(scores: torch.Tensor, count: int, groups: int = 1) -> list[int]:
     """Indices of the ``count`` best units, the same number from each of ``groups`` contiguous groups, sorted."""
@@ -67,7 +61,10 @@ def plan_from_targets(
                     f"{key}={count} is larger than the current size {axis.size}; pruning only shrinks"
                 )
             if count % axis.groups:
-                why = _GROUP_REASON.get(kind, "units are kept per group ({g} groups)").format(g=axis.groups)
+                counted = (
+                    f"{axis.group_field} = {axis.groups}" if axis.group_field else f"{axis.groups} groups"
+                )
+                why = f"{kind.replace('_', ' ')} are kept in equal numbers per group ({counted})"
                 raise PlanError(
                     f"{key}={count} is not a multiple of {axis.groups}: {why}; pick a multiple of {axis.groups}"
                 )

@@ -56,7 +56,7 @@ def test_cache_memory_equals_transformers_cache(name):
         out = model(x, use_cache=True)
     cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache_params
     cost = model_cost(model.config, context_length=length, batch_size=batch, dtype=torch.float32)
-    assert cost.kv_cache_bytes + cost.mamba_state_bytes == _cache_bytes(cache)
+    assert cost.kv_cache_bytes + cost.state_bytes == _cache_bytes(cache)
 
 
 def test_unsupported_model_type_lists_supported():

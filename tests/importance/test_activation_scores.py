@@ -67,14 +67,14 @@ def test_expert_statistics_come_from_the_forward_without_changing_it(name):
     with ActivationCollector(model, adapter) as collector, torch.no_grad():
         for b, expected in zip(BATCHES, plain, strict=True):
             torch.testing.assert_close(model(b, use_cache=False).logits, expected, rtol=1e-5, atol=1e-5)
-    up, down = (getattr(experts, n) for n in site.param_names)
+    up, down = getattr(experts, site.experts.up), getattr(experts, site.experts.down)
     reap, neurons = torch.zeros(up.shape[0]), torch.zeros(down.shape[-1])
     with torch.no_grad():
         for hidden, index, weights in routed:
             for token, e in (index < up.shape[0]).nonzero().tolist():
                 expert = int(index[token, e])
                 h = F.linear(hidden[token], up[expert])
-                h = experts._apply_gate(h[None])[0] if site.gated else experts.act_fn(h)
+                h = experts._apply_gate(h[None])[0] if site.experts.gated else experts.act_fn(h)  # transformers
                 reap[expert] += weights[token, e] * F.linear(h, down[expert]).norm()
                 neurons += h.abs()
     stats = collector.stats[site.key]
