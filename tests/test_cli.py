@@ -26,7 +26,8 @@ def _prune(src, out, export, *extra):
 def test_info_prints_axes_and_costs(checkpoint, capsys):
     assert main(["info", str(checkpoint), "--context-length", "1024", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
-    for word in ("mamba_heads", "attention_heads", "experts", "active params", "KV cache (2 x 1024 tokens)"):
+    words = ("mamba_heads", "attention_heads", "experts", "active params", "KV cache (2 x 1024 tokens)")
+    for word in (*words, "recurrent state"):
         assert word in out
 
 

@@ -1,13 +1,15 @@
 """The adapters' description matches the real transformers models, parameter by parameter."""
 
+import inspect
+
 import pytest
 import torch
 from helpers import ZOO_NAMES
 
-from nemocompress.arch import get_adapter, supported_model_types
+from nemocompress.arch import SCORE_CHOICES, get_adapter, supported_model_types
 from nemocompress.errors import UnsupportedModelError
 from nemocompress.prune.cost import model_cost
-from nemocompress.zoo import zoo_model
+from nemocompress.zoo import zoo_config, zoo_model
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
@@ -75,3 +77,44 @@ def test_trunk_and_lm_head_give_the_logits(name):
         hidden = adapter.trunk(model)(input_ids=ids, use_cache=False).last_hidden_state
         logits = adapter.lm_head(model)(hidden)
         torch.testing.assert_close(logits, model(input_ids=ids, use_cache=False).logits)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_score_choices_are_the_sites_alternatives(name):
+    """Every choice group is one of SCORE_CHOICES, and every mixer offers each variant once, one default."""
+    config = zoo_config(name)
+    adapter = get_adapter(config)
+    choices = adapter.score_choices(config)
+    recurrent = [a for a in adapter.axes(config) if a.kind == "mamba_heads"]
+    assert choices == ({"mamba": SCORE_CHOICES["mamba"]} if recurrent else {})
+    chosen = [s for s in adapter.score_sites(config) if s.choice is not None]
+    for group, variants in choices.items():
+        for variant in variants:
+            assert sum(s.choice == (group, variant) for s in chosen) == len(recurrent)
+        assert sum(s.default for s in chosen if s.choice[0] == group) == len(recurrent)
+
+
+@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "nemotron_h-latent-moe", "qwen3_moe", "mixtral"])
+def test_experts_call_describes_the_experts_module(name):
+    """The experts site names the module's forward arguments, its parameters, activation and gating."""
+    model = zoo_model(name)
+    adapter = get_adapter(model.config)
+    sites = [s for s in adapter.score_sites(model.config) if s.how == "experts"]
+    assert sites
+    for site in sites:
+        module, call = model.get_submodule(site.module), site.experts
+        assert tuple(inspect.signature(module.forward).parameters)[:3] == call.args
+        up, down = getattr(module, call.up), getattr(module, call.down)
+        assert isinstance(up, torch.nn.Parameter) and isinstance(down, torch.nn.Parameter)
+        assert up.shape[1] == down.shape[2] * (2 if call.gated else 1)
+        x = torch.linspace(-2, 2, 9)
+        torch.testing.assert_close(getattr(module, call.activation)(x), module.act_fn(x))
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_state_bytes_only_on_recurrent_layers(name):
+    config = zoo_config(name)
+    adapter = get_adapter(config)
+    per_layer = adapter.state_bytes_per_layer(config, torch.float32)
+    assert len(per_layer) == adapter.num_layers(config)
+    assert [n > 0 for n in per_layer] == [k == "mamba" for k in adapter.layer_kinds(config)]

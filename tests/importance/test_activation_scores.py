@@ -74,13 +74,67 @@ def test_expert_statistics_come_from_the_forward_without_changing_it(name):
             for token, e in (index < up.shape[0]).nonzero().tolist():
                 expert = int(index[token, e])
                 h = F.linear(hidden[token], up[expert])
-                h = experts._apply_gate(h[None])[0] if site.experts.gated else experts.act_fn(h)  # transformers
+                h = (
+                    experts._apply_gate(h[None])[0] if site.experts.gated else experts.act_fn(h)
+                )  # transformers
                 reap[expert] += weights[token, e] * F.linear(h, down[expert]).norm()
                 neurons += h.abs()
     stats = collector.stats[site.key]
     torch.testing.assert_close(stats["reap"].float(), reap, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(stats["sum_a"].float(), neurons, rtol=1e-4, atol=1e-5)
     assert stats["routed"].sum() == sum(r[1].numel() for r in routed) == stats["n"]
+
+
+class _OtherExperts(torch.nn.Module):
+    """Fused SwiGLU experts with their own names: forward(x, experts, probs), weights w_in / w_out, act."""
+
+    def __init__(self, num_experts=3, d=4, width=5):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w_in = torch.nn.Parameter(torch.randn(num_experts, 2 * width, d, generator=g))
+        self.w_out = torch.nn.Parameter(torch.randn(num_experts, d, width, generator=g))
+        self.act = torch.nn.functional.gelu
+
+    def forward(self, x, experts, probs):
+        out = torch.zeros_like(x)
+        for token, slot in torch.cartesian_prod(torch.arange(x.shape[0]), torch.arange(experts.shape[1])):
+            e = int(experts[token, slot])
+            gate, up = F.linear(x[token], self.w_in[e]).chunk(2)
+            out[token] += probs[token, slot] * F.linear(self.act(gate) * up, self.w_out[e])
+        return out
+
+
+def test_experts_are_run_as_their_call_describes():
+    """Names, argument order, activation and gating all come from the site: another layout works too."""
+    from nemocompress.arch import Adapter, ExpertsCall, ScoreSite, Segment
+
+    class Model(torch.nn.Module):
+        config = None
+
+        def __init__(self):
+            super().__init__()
+            self.experts = _OtherExperts()
+
+    call = ExpertsCall(args=("x", "experts", "probs"), up="w_in", down="w_out", activation="act")
+    site = ScoreSite(
+        "experts", "input", (Segment(3, outer="e"), Segment(5, outer="f")), how="experts", experts=call
+    )
+
+    class OneSite(Adapter):
+        def score_sites(self, config):
+            return [site]
+
+    model, g = Model(), torch.Generator().manual_seed(1)
+    x, probs = torch.randn(6, 4, generator=g), torch.rand(6, 2, generator=g)
+    experts = torch.tensor([[0, 2], [2, 0], [0, 2], [0, 2], [2, 0], [0, 2]])
+    with torch.no_grad():
+        expected = model.experts(x, experts, probs)
+        with ActivationCollector(model, OneSite()) as collector:
+            torch.testing.assert_close(model.experts(x, experts, probs), expected)
+            torch.testing.assert_close(model.experts(x, experts=experts, probs=probs), expected)
+    stats = collector.stats[site.key]
+    assert stats["routed"].tolist() == [12, 0, 12] and stats["n"] == 24
+    assert (stats["reap"][[0, 2]] > 0).all() and stats["reap"][1] == 0
 
 
 @pytest.mark.parametrize("width", [8, 5])  # 5 floats a row: torch's grouped kernel refuses it, the loop runs
@@ -393,3 +447,27 @@ def test_iterative_layer_selection_drops_one_at_a_time(calibrated, tmp_path):
     model, samples = api._model_and_samples(model_dir, data, options)
     batches = list(samples.split(options.batch_size))
     assert kept == iterative_layer_ranking(model, get_adapter(model.config), batches, 4)
+
+
+def test_mamba_source_flag_is_recorded_as_the_chosen_source(calibrated, tmp_path, capsys):
+    """Unset and the default name the same run (so --resume matches them); another source changes the
+    Mamba scores only; a model without Mamba refuses the flag."""
+    model, flags = calibrated / "model", ["--samples", "4", "--seq-len", "16"]
+    assert _importance(calibrated, tmp_path / "unset", *flags) == 0
+    assert _importance(calibrated, tmp_path / "x", "--mamba-source", "x", *flags) == 0
+    assert _importance(calibrated, tmp_path / "z", "--mamba-source", "z", *flags) == 0
+    settings = {
+        name: api.load_importance(tmp_path / name, model).artifact.meta["settings"]
+        for name in ("unset", "x", "z")
+    }
+    assert settings["unset"] == settings["x"] and settings["x"]["sources"] == {"mamba": "x"}
+    assert settings["z"]["sources"] == {"mamba": "z"}
+    default = api.load_importance(tmp_path / "z", model).unit_scores()
+    z = api.load_importance(tmp_path / "z", model, ImportanceOptions(sources={"mamba": "z"})).unit_scores()
+    assert not torch.equal(default["layers.0.mamba_heads"], z["layers.0.mamba_heads"])
+    assert torch.equal(default["layers.2.mlp"], z["layers.2.mlp"])
+    save_zoo_checkpoint("llama", tmp_path / "llama")
+    args = ["importance", str(tmp_path / "llama"), "--data", str(calibrated / "text.txt"), *flags]
+    assert main([*args, "--mamba-source", "z", "-o", str(tmp_path / "l")]) == 2
+    assert "llama model has no 'mamba' score sites" in capsys.readouterr().err
+    assert not (tmp_path / "l").exists()

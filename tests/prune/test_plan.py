@@ -76,3 +76,17 @@ def test_targets_map_to_every_layer_of_a_kind():
     assert plan.kept["layers"] == [1, 2, 3, 4, 5]
     new = plan.apply_config(config)
     assert (new.intermediate_size, new.mamba_num_heads, len(new.layers_block_type)) == (64, 4, 5)
+
+
+@pytest.mark.parametrize(
+    ("name", "targets", "field"),
+    [
+        ("llama", {"num_attention_heads": 3}, "num_key_value_heads = 2"),
+        ("nemotron_h-hybrid", {"mamba_num_heads": 5}, "n_groups = 2"),
+        ("mamba2", {"mamba_num_heads": 3}, "n_groups = 2"),
+    ],
+)
+def test_group_message_names_the_config_field_the_adapter_gives(name, targets, field):
+    config = zoo_config(name)
+    with pytest.raises(PlanError, match=f"per group \\({field}\\); pick a multiple of 2"):
+        plan_from_targets(config, targets, {})  # refused before any score is read
