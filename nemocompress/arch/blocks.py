@@ -198,15 +198,15 @@ def mamba2_mixer(
     specs.append(TensorSpec(f"{prefix}.norm.weight", (inner,), {0: (ch,)}, layer))
     specs += _linear(f"{prefix}.out_proj", hidden_dim(d), (ch,), (d, inner), layer, proj_bias)
     in_proj, out_proj = f"{prefix}.in_proj", f"{prefix}.out_proj"
-    variants = SCORE_CHOICES["mamba"]
+    group = "mamba"
 
-    def site(module, where, start=0, variant="x", weight=None):
-        return ScoreSite(module, where, (ch,), start, ("mamba", variant), variants, weight)
+    def site(module, where, variant, start=0, weight=None):
+        return ScoreSite(module, where, (ch,), start, (group, variant), SCORE_CHOICES[group], weight)
 
     scores = [
-        site(in_proj, "output", start=inner, variant="x"),
-        site(in_proj, "output", start=0, variant="z"),
-        site(out_proj, "input", variant="out_proj", weight="weight"),
+        site(in_proj, "output", "x", start=inner),
+        site(in_proj, "output", "z", start=0),
+        site(out_proj, "input", "out_proj", weight="weight"),
     ]
     return Block(specs, [MaskSite(f"{prefix}.norm", "gated_rms_norm", (ch,), groups=groups)], scores)
 

@@ -44,16 +44,8 @@ class Mamba2Adapter(Adapter):
     def axes(self, config) -> list[Axis]:
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", config.num_hidden_layers)]
         for i in range(config.num_hidden_layers):
-            axes.append(
-                Axis(
-                    axis_name(i, "mamba_heads"),
-                    "mamba_heads",
-                    config.num_heads,
-                    i,
-                    config.n_groups,
-                    "n_groups",
-                )
-            )
+            heads, groups = config.num_heads, config.n_groups
+            axes.append(Axis(axis_name(i, "mamba_heads"), "mamba_heads", heads, i, groups, "n_groups"))
             axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.head_dim, i))
         return axes
 

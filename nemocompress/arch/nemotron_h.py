@@ -98,16 +98,8 @@ class NemotronHAdapter(Adapter):
         axes = [Axis(HIDDEN, "hidden", config.hidden_size), Axis(DEPTH, "depth", self.num_layers(config))]
         for i, t in enumerate(config.layers_block_type):
             if t == MAMBA:
-                axes.append(
-                    Axis(
-                        axis_name(i, "mamba_heads"),
-                        "mamba_heads",
-                        config.mamba_num_heads,
-                        i,
-                        config.n_groups,
-                        "n_groups",
-                    )  # fmt: skip
-                )
+                heads, groups = config.mamba_num_heads, config.n_groups
+                axes.append(Axis(axis_name(i, "mamba_heads"), "mamba_heads", heads, i, groups, "n_groups"))
                 axes.append(Axis(axis_name(i, "mamba_head_dim"), "mamba_head_dim", config.mamba_head_dim, i))
             elif t == ATTENTION:
                 h, kv = config.num_attention_heads, config.num_key_value_heads
@@ -117,16 +109,8 @@ class NemotronHAdapter(Adapter):
             elif t == MLP:
                 axes.append(Axis(axis_name(i, "mlp"), "mlp", config.intermediate_size, i))
             elif t == MOE:
-                axes.append(
-                    Axis(
-                        axis_name(i, "experts"),
-                        "experts",
-                        config.n_routed_experts,
-                        i,
-                        config.n_group,
-                        "n_group",
-                    )
-                )
+                experts, groups = config.n_routed_experts, config.n_group
+                axes.append(Axis(axis_name(i, "experts"), "experts", experts, i, groups, "n_group"))
                 axes.append(Axis(axis_name(i, "expert_ffn"), "expert_ffn", config.moe_intermediate_size, i))
                 axes.append(
                     Axis(
