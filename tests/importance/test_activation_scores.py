@@ -466,6 +466,12 @@ def test_mamba_source_flag_is_recorded_as_the_chosen_source(calibrated, tmp_path
     z = api.load_importance(tmp_path / "z", model, ImportanceOptions(sources={"mamba": "z"})).unit_scores()
     assert not torch.equal(default["layers.0.mamba_heads"], z["layers.0.mamba_heads"])
     assert torch.equal(default["layers.2.mlp"], z["layers.2.mlp"])
+    meta_file = tmp_path / "z" / "meta.json"  # scores saved before sources: settings said mamba_source
+    meta = json.loads(meta_file.read_text())
+    meta["settings"] = {k: v for k, v in meta["settings"].items() if k != "sources"} | {"mamba_source": "z"}
+    meta_file.write_text(json.dumps(meta))
+    old = api.load_importance(tmp_path / "z", model).unit_scores()
+    assert all(torch.equal(old[k], default[k]) for k in default)
     save_zoo_checkpoint("llama", tmp_path / "llama")
     args = ["importance", str(tmp_path / "llama"), "--data", str(calibrated / "text.txt"), *flags]
     assert main([*args, "--mamba-source", "z", "-o", str(tmp_path / "l")]) == 2
