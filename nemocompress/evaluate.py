@@ -228,7 +228,9 @@ def evaluate(
     is_module = isinstance(model, torch.nn.Module)
     device = torch.device(device) if device is not None else _model_device(model)
     forward = _hf_logits(model) if is_module else model
-    compare = _reference_fn(reference, input_ids, device) if isinstance(reference, torch.nn.Module) else reference
+    compare = (
+        _reference_fn(reference, input_ids, device) if isinstance(reference, torch.nn.Module) else reference
+    )
     counted = num_bytes = None
     if tokenizer is not None:
         counted, num_bytes = target_bytes(tokenizer, input_ids)
@@ -311,7 +313,10 @@ def generation_tokens_per_s(model: torch.nn.Module, prompt_ids: torch.Tensor, ne
     device = _model_device(model)
     prompt_ids = prompt_ids.to(device)
     kwargs = dict(
-        attention_mask=torch.ones_like(prompt_ids), do_sample=False, use_cache=True, pad_token_id=_pad_id(model)
+        attention_mask=torch.ones_like(prompt_ids),
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=_pad_id(model),
     )
     with _EvalMode(model):
         model.generate(prompt_ids, max_new_tokens=2, min_new_tokens=2, **kwargs)
