@@ -21,7 +21,15 @@ from .data import build_samples, calibration_samples
 from .demo import DEMO_EXPORT, DemoResult, demo
 from .distill.models import load_causal_lm, load_tokenizer, vocabulary
 from .errors import OutputError, PlanError, UnsupportedModelError
-from .eval_report import DIRECTIONS, REPORT_FORMAT, Comparison, EvalResult, compare_reports, parse_tolerances
+from .eval_report import (
+    DIRECTIONS,
+    REPORT_FORMAT,
+    Comparison,
+    EvalResult,
+    check_comparable,
+    compare_reports,
+    parse_tolerances,
+)
 from .evaluate import EvalError, evaluate
 from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
 from .importance.calibrate import CalibrationCheckpoint, calibrate
@@ -411,6 +419,7 @@ def eval_model(
     device: str | None = None,
     generation_tokens: int = 32,
     progress: bool = True,
+    baseline: EvalResult | None = None,
 ) -> EvalResult:
     """Evaluate a checkpoint on up to ``samples`` held-out samples of ``data`` (:func:`nemocompress.evaluate.evaluate`).
 
@@ -419,12 +428,19 @@ def eval_model(
     tokenizer) adds KL and top-1 agreement. Returns the report: metrics, params, active params and memory
     (bfloat16 weights and cache for one sequence of ``context_length`` tokens), versions, data fingerprint
     and settings; ``result.save(path)`` writes it as JSON and :func:`compare_reports` gates on it.
+    ``baseline``: refuse (``GateError``) data or settings that this baseline report was not made with,
+    before any model runs.
     """
     import transformers
 
     load_config(model_dir)  # CheckpointError for a missing model, before any work
     tokenizer = load_tokenizer(model_dir, reference)
     built = build_samples(tokenizer, data, seq_len, 0, samples, heldout_fraction, seed)
+    settings = {**built.settings, "samples": samples, "dtype": dtype, "context_length": context_length}
+    if baseline is not None:  # refuse another data set or other settings before any forward
+        check_comparable(
+            {"data_fingerprint": built.heldout_fingerprint, "settings": settings}, baseline.report
+        )
     model = load_causal_lm(model_dir, _dtype(dtype))
     ref_model = None
     if reference is not None:
@@ -446,7 +462,6 @@ def eval_model(
     cost = model_cost(model.config, context_length, 1, torch.bfloat16)
     metrics = {k: v for k, v in measured.to_dict().items() if k in DIRECTIONS}
     metrics |= {"params": cost.params, "active_params": cost.active_params, "memory_bytes": cost.memory_bytes}
-    settings = {**built.settings, "samples": samples, "dtype": dtype, "context_length": context_length}
     return EvalResult(
         {
             "format": REPORT_FORMAT,

@@ -103,6 +103,7 @@ def _eval(args) -> int:
         dtype=args.dtype,
         device=args.device,
         generation_tokens=args.generation_tokens,
+        baseline=None if args.force else baseline,
     )
     print(result.table())
     if args.output:

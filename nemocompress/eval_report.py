@@ -32,6 +32,7 @@ __all__ = [
     "Comparison",
     "EvalResult",
     "GateError",
+    "check_comparable",
     "compare_reports",
     "parse_tolerances",
 ]
@@ -205,7 +206,7 @@ def compare_reports(
     if not max_regression >= 0:
         raise GateError(f"--max-regression must be >= 0, got {max_regression}")
     if not force:
-        _check_comparable(new, baseline)
+        check_comparable(new, baseline)
     chosen = {name: max_regression for name in GATED_BY_DEFAULT} | dict(tolerances or {})
     rows = []
     for name, direction in DIRECTIONS.items():
@@ -232,7 +233,8 @@ def compare_reports(
 _THROUGHPUT = ("forward_tokens_per_s", "generation_tokens_per_s")
 
 
-def _check_comparable(new: Mapping, baseline: Mapping) -> None:
+def check_comparable(new: Mapping, baseline: Mapping) -> None:
+    """Raise ``GateError`` unless both reports (``data_fingerprint`` and ``settings`` suffice) compare."""
     why = []
     if new.get("data_fingerprint") != baseline.get("data_fingerprint"):
         why.append(

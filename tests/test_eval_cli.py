@@ -73,8 +73,13 @@ def test_other_settings_are_refused_unless_forced(work, capsys):
     args = ["eval", str(work / "pruned"), "--data", str(work / "text.txt"), "--samples", "8", "--seq-len", "32",
             "--generation-tokens", "1", "--baseline", str(work / "parent.json")]  # fmt: skip
     assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
-    assert err.startswith("error: ") and "not comparable" in err and "seq_len 32 != baseline 64" in err
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("\n") == 0
+        and err.startswith("error: ")
+        and "not comparable" in err
+        and "seq_len 32 != baseline 64" in err
+    )
     assert "--force" in err
     assert main([*args, "--force", "--max-regression", "100"]) == 0
 

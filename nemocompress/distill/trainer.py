@@ -84,7 +84,8 @@ class DistillResult:
 
     def table(self) -> str:
         evals = self.evals
-        keys = [k for k in ("eval/loss", "eval/kl", "eval/kl_topk", "eval/top1", "eval/bpb") if evals and k in evals[0]]
+        shown = ("eval/loss", "eval/kl", "eval/kl_topk", "eval/top1", "eval/bpb")
+        keys = [k for k in shown if evals and k in evals[0]]
         rows = [[k[5:], *(f"{e[k]:.4f}" for e in (evals[0], evals[-1]))] for k in keys]
         train = [r for r in self.records if "tokens_per_s" in r]
         if train:
@@ -228,6 +229,7 @@ def distill(config: DistillConfig) -> DistillResult:
     metrics = MetricsLog(out / METRICS, keep_until=step if resume_from else None, enabled=main)
     if config.trackers:
         accelerator.init_trackers("nemocompress-distill", config=_tracker_config(config))
+
     def evaluate_and_log() -> None:
         evaluated = _evaluate(model, teacher, heldout_ids, tokenizer, cache, config, accelerator.device)
         record = {"step": step, **evaluated}
