@@ -88,7 +88,7 @@ def _main() -> int:
         work = Path(tmp)
         status = run(work, None if args.write_baseline else BASELINE, args.prune_flags)
         if status == 0 and args.write_baseline:
-            BASELINE.write_text((work / "report.json").read_text())
+            BASELINE.write_text((work / "report.json").read_text().replace(str(work), "W"))  # no temp paths
             print(f"wrote {BASELINE}")
     return status
 
