@@ -433,6 +433,10 @@ def eval_model(
     """
     import transformers
 
+    if samples < 1 or seq_len < 2 or batch_size < 1:
+        raise EvalError(
+            f"need --samples >= 1, --seq-len >= 2, --batch-size >= 1; got {samples}, {seq_len}, {batch_size}"
+        )
     load_config(model_dir)  # CheckpointError for a missing model, before any work
     tokenizer = load_tokenizer(model_dir, reference)
     built = build_samples(tokenizer, data, seq_len, 0, samples, heldout_fraction, seed)

@@ -95,6 +95,7 @@ def test_other_settings_are_refused_unless_forced(work, capsys):
          "not a readable JSON report"),
         (lambda w: ["eval", str(w / "parent"), "--data", str(w / "text.txt"), "--tolerance", "speed=1"],
          "unknown metric 'speed'"),
+        (lambda w: ["eval", str(w / "parent"), "--data", str(w / "text.txt"), "--seq-len", "1"], "--seq-len >= 2"),
         (lambda w: ["zoo", "gpt9", "-o", str(w / "z")], "no zoo model named 'gpt9'"),
         (lambda w: ["zoo", "llama", "-o", str(w / "parent")], "already exists"),
     ],
