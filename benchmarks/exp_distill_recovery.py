@@ -26,15 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nemocompress import api
 from nemocompress.assets import fetch_smollm2, fetch_text
-from nemocompress.data import load_texts, pack_tokens, split_texts
+from nemocompress.data import build_samples
 from nemocompress.distill import DistillConfig, distill
-from nemocompress.distill.losses import token_divergence
-from nemocompress.evaluate import bits_per_byte_from_nats
+from nemocompress.evaluate import evaluate
 from nemocompress.prune.cost import model_cost
 
 EXPORT = {"hidden_size": 480, "ffn_hidden_size": 1024, "num_attention_heads": 6}
@@ -84,34 +82,19 @@ def step_timing(args, work: Path, teacher_dir: Path) -> None:
 
 def heldout_samples(tokenizer, corpus: str, seq_len: int, num: int) -> torch.Tensor:
     """``[num, seq_len]`` from the held-out documents of a corpus (the split the trainer never sees)."""
-    _, heldout = split_texts(load_texts(fetch_text(corpus), tokenizer), heldout_fraction=0.1, seed=0)
-    return pack_tokens(tokenizer, heldout, seq_len, seed=0)[:num]
+    return build_samples(tokenizer, fetch_text(corpus), seq_len, num_heldout=num).heldout
 
 
-@torch.no_grad()
-def teacher_logits(model, ids: torch.Tensor, batch: int = 4) -> list[torch.Tensor]:
-    return [
-        model(input_ids=ids[i : i + batch], use_cache=False).logits[:, :-1].float()
-        for i in range(0, len(ids), batch)
-    ]
-
-
-@torch.no_grad()
-def evaluate(model, ids: torch.Tensor, teacher: list[torch.Tensor], tokenizer, batch: int = 4) -> dict:
-    """Loss and KL(teacher || model) in nats per token, and bits per byte, over ``ids [N, S]``."""
-    model.eval()
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    nats = counted = kl = 0.0
-    for j, i in enumerate(range(0, len(ids), batch)):
-        x = ids[i : i + batch]
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-        ce = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-        nats += ce.sum().item()
-        counted += ce[~torch.isin(x[:, 1:].flatten(), special)].sum().item()
-        kl += token_divergence(logits, teacher[j], "forward_kl").sum().item()
-    n = ids[:, 1:].numel()
-    num_bytes = sum(len(tokenizer.decode(r, skip_special_tokens=True).encode()) for r in ids[:, 1:])
-    return {"loss": nats / n, "kl": kl / n, "bpb": bits_per_byte_from_nats(counted, num_bytes)}
+def evaluate_model(model, ids: torch.Tensor, teacher, tokenizer) -> dict:
+    """Loss and KL(teacher || model) in nats per token, bits per byte and top-1 agreement over ``ids [N, S]``."""
+    same = model is teacher  # KL of the teacher to itself: 0, agreement 1 (no second forward)
+    report = evaluate(model, ids, tokenizer, reference=None if same else teacher, progress=False)
+    return {
+        "loss": report.loss,
+        "kl": 0.0 if same else report.kl,
+        "bpb": report.bits_per_byte,
+        "top1": 1.0 if same else report.top1_agreement,
+    }
 
 
 def main() -> None:
@@ -177,16 +160,14 @@ def main() -> None:
     evals = {}
     for domain in (args.train_domain, args.other_domain):
         ids = heldout_samples(tokenizer, domain, args.seq_len, args.eval_samples)
-        reference = teacher_logits(teacher, ids)
         for name, path in models.items():
             model = (
                 teacher
                 if name == "teacher"
                 else AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             )
-            evals[f"{domain}/{name}"] = evaluate(model, ids, reference, tokenizer)
+            evals[f"{domain}/{name}"] = evaluate_model(model, ids, teacher, tokenizer)
             print(domain, name, evals[f"{domain}/{name}"], flush=True)
-        del reference
 
     closed = {}
     for domain in (args.train_domain, args.other_domain):

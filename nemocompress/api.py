@@ -14,10 +14,23 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from . import __version__
 from .arch import Axis, get_adapter
-from .checkpoint import check_output_dir, list_tensors, load_config
-from .data import calibration_samples
-from .errors import OutputError, PlanError
+from .checkpoint import atomic_output_dir, check_output_dir, list_tensors, load_config
+from .data import build_samples, calibration_samples
+from .demo import DEMO_EXPORT, DemoResult, demo
+from .distill.models import load_causal_lm, load_tokenizer, vocabulary
+from .errors import OutputError, PlanError, UnsupportedModelError
+from .eval_report import (
+    DIRECTIONS,
+    REPORT_FORMAT,
+    Comparison,
+    EvalResult,
+    check_comparable,
+    compare_reports,
+    parse_tolerances,
+)
+from .evaluate import EvalError, evaluate
 from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
 from .importance.calibrate import CalibrationCheckpoint, calibrate
 from .importance.depth import CHEAP_METRICS, finalize_layer_scores, iterative_layer_ranking
@@ -30,6 +43,7 @@ from .prune.minitron import plan_from_targets
 from .prune.plan import Plan
 from .prune.slice import slice_checkpoint
 from .report import format_table, human
+from .zoo import ZOO, save_zoo_checkpoint, zoo_text
 
 __all__ = [
     "ModelInfo",
@@ -40,6 +54,14 @@ __all__ = [
     "load_importance",
     "prune",
     "demo",
+    "DemoResult",
+    "DEMO_EXPORT",
+    "EvalResult",
+    "Comparison",
+    "eval_model",
+    "zoo_checkpoint",
+    "compare_reports",
+    "parse_tolerances",
     "parse_export_config",
     "ImportanceOptions",
 ]
@@ -382,71 +404,105 @@ def prune(
     return PruneResult(plan, before, after, Path(output_dir))
 
 
-DEMO_EXPORT = {"hidden_size": 480, "ffn_hidden_size": 1024, "num_attention_heads": 6}
-DEMO_PROMPT = "The capital of France is"
+# ---------------------------------------------------------------------- eval
 
 
-@dataclass
-class DemoResult:
-    prune: PruneResult
-    rows: list[list]
-
-    def table(self) -> str:
-        return format_table(self.rows, ["", "SmolLM2-135M", "pruned", "ratio"])
-
-
-def demo(
-    output_dir: str | Path | None = None,
-    export_config: str | dict | None = None,
-    ranking: str = "activation",
+def eval_model(
+    model_dir: str | Path,
+    data: str | Path,
+    reference: str | Path | None = None,
     samples: int = 16,
     seq_len: int = 256,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 4,
+    context_length: int = 4096,
+    dtype: str = "float32",
+    device: str | None = None,
+    generation_tokens: int = 32,
     progress: bool = True,
-) -> DemoResult:
-    """The main job on a real model: fetch SmolLM2-135M and Shakespeare, prune, compare before and after.
+    baseline: EvalResult | None = None,
+) -> EvalResult:
+    """Evaluate a checkpoint on up to ``samples`` held-out samples of ``data`` (:func:`nemocompress.evaluate.evaluate`).
 
-    Held-out loss and bits per byte are measured on Shakespeare text that nothing here tunes on (the
-    held-out split of :func:`nemocompress.data.split_texts`); generation is greedy.
+    The held-out split is the one importance and distillation never see for the same ``heldout_fraction``
+    and ``seed`` (:func:`nemocompress.data.build_samples`). ``reference`` (e.g. the unpruned parent, same
+    tokenizer) adds KL and top-1 agreement. Returns the report: metrics, params, active params and memory
+    (bfloat16 weights and cache for one sequence of ``context_length`` tokens), versions, data fingerprint
+    and settings; ``result.save(path)`` writes it as JSON and :func:`compare_reports` gates on it.
+    ``baseline``: refuse (``GateError``) data or settings that this baseline report was not made with,
+    before any model runs.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
 
-    from .assets import cache_root, fetch_smollm2, fetch_text
-    from .data import load_texts, pack_tokens, split_texts
-    from .evaluate import bits_per_byte_from_nats, generate_text, token_losses
-
-    parent = fetch_smollm2()
-    output_dir = Path(output_dir) if output_dir else cache_root() / "demo" / "smollm2-135m-pruned"
-    options = ImportanceOptions(ranking=ranking)
-    data = fetch_text("shakespeare") if options.needs_data else None
-    export = export_config or DEMO_EXPORT
-    result = prune(parent, output_dir, export, options, data=data, overwrite=True, progress=progress)
-    tokenizer = AutoTokenizer.from_pretrained(parent)
-    _, heldout = split_texts(load_texts(fetch_text("shakespeare")), heldout_fraction=0.1, seed=0)
-    ids = pack_tokens(tokenizer, heldout, seq_len, num_samples=samples, seed=0)
-    num_bytes = sum(len(tokenizer.decode(row[1:]).encode()) for row in ids)
-    measured = []
-    for path in (parent, output_dir):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        nats = token_losses(model, ids, progress=progress)
-        measured.append(
-            (
-                nats.mean().item(),
-                bits_per_byte_from_nats(nats.sum().item(), num_bytes),
-                generate_text(model, tokenizer, DEMO_PROMPT, 12),
-            )
+    if samples < 1 or seq_len < 2 or batch_size < 1:
+        raise EvalError(
+            f"need --samples >= 1, --seq-len >= 2, --batch-size >= 1; got {samples}, {seq_len}, {batch_size}"
         )
-    b, a = result.before, result.after
-    (lb, bb, gb), (la, ba, ga) = measured
-    rows = [
-        ["params", human(b.params), human(a.params), f"{a.params / b.params:.3f}x"],
-        [
-            "memory (bf16, 4k ctx)",
-            human(b.memory_bytes, "B"),
-            human(a.memory_bytes, "B"),
-            f"{a.memory_bytes / b.memory_bytes:.3f}x",
-        ],
-        ["held-out loss (nats/token)", f"{lb:.3f}", f"{la:.3f}", f"{la / lb:.3f}x"],
-        ["bits per byte", f"{bb:.3f}", f"{ba:.3f}", f"{ba / bb:.3f}x"],
-        [f"'{DEMO_PROMPT}' ->", repr(gb.strip()[:40]), repr(ga.strip()[:40]), ""],
-    ]
-    return DemoResult(result, rows)
+    load_config(model_dir)  # CheckpointError for a missing model, before any work
+    tokenizer = load_tokenizer(model_dir, reference)
+    built = build_samples(tokenizer, data, seq_len, 0, samples, heldout_fraction, seed)
+    settings = {**built.settings, "samples": samples, "dtype": dtype, "context_length": context_length}
+    if baseline is not None:  # refuse another data set or other settings before any forward
+        check_comparable(
+            {"data_fingerprint": built.heldout_fingerprint, "settings": settings}, baseline.report
+        )
+    model = load_causal_lm(model_dir, _dtype(dtype))
+    ref_model = None
+    if reference is not None:
+        ref_model = load_causal_lm(reference, _dtype(dtype))
+        ref_tokenizer = load_tokenizer(reference, model_dir)
+        if vocabulary(ref_model.config, ref_tokenizer) != vocabulary(model.config, tokenizer):
+            raise EvalError(
+                f"{reference} and {model_dir} have different vocabularies (logit width or tokenizer): KL and "
+                "top-1 agreement need the same tokenizer; evaluate without --reference"
+            )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if ref_model is not None:
+        ref_model.to(device)
+    measured = evaluate(
+        model, built.heldout, tokenizer, ref_model, batch_size=batch_size, generation_tokens=generation_tokens,
+        progress=progress,
+    )  # fmt: skip
+    cost = model_cost(model.config, context_length, 1, torch.bfloat16)
+    metrics = {k: v for k, v in measured.to_dict().items() if k in DIRECTIONS}
+    metrics |= {"params": cost.params, "active_params": cost.active_params, "memory_bytes": cost.memory_bytes}
+    return EvalResult(
+        {
+            "format": REPORT_FORMAT,
+            "model": str(model_dir),
+            "reference": None if reference is None else str(reference),
+            "data": str(data),
+            "data_fingerprint": built.heldout_fingerprint,
+            "settings": settings | {"batch_size": batch_size, "device": device},
+            "metrics": metrics,
+            "measured": {k: measured.to_dict()[k] for k in ("num_samples", "num_targets", "num_bytes")},
+            "cost": cost.to_dict(),
+            "versions": {
+                "nemocompress": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+        }
+    )
+
+
+def zoo_checkpoint(
+    name: str, output_dir: str | Path, seed: int = 0, text: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Write the pinned tiny zoo model ``name`` (seeded weights, the zoo tokenizer) to ``output_dir``.
+
+    ``text``: also write the zoo's deterministic text corpus there (:func:`nemocompress.zoo.zoo_text`).
+    """
+    if name not in ZOO:
+        raise UnsupportedModelError(f"no zoo model named {name!r}; choose one of {', '.join(sorted(ZOO))}")
+    with atomic_output_dir(output_dir, overwrite) as tmp:
+        save_zoo_checkpoint(name, tmp, seed)
+    if text is not None:
+        Path(text).parent.mkdir(parents=True, exist_ok=True)
+        Path(text).write_text(zoo_text(seed=seed))
+    return Path(output_dir)
+
+
+# ---------------------------------------------------------------------- demo (in nemocompress.demo)

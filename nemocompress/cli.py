@@ -87,6 +87,41 @@ def _demo(args) -> None:
     print(f"\npruned checkpoint: {result.prune.output_dir}")
 
 
+def _eval(args) -> int:
+    baseline = api.EvalResult.load(args.baseline) if args.baseline else None  # bad baseline: before any work
+    tolerances = api.parse_tolerances(args.tolerance)
+    result = api.eval_model(
+        args.model,
+        args.data,
+        args.reference,
+        samples=args.samples,
+        seq_len=args.seq_len,
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        context_length=args.context_length,
+        dtype=args.dtype,
+        device=args.device,
+        generation_tokens=args.generation_tokens,
+        baseline=None if args.force else baseline,
+    )
+    print(result.table())
+    if args.output:
+        print(f"\nwrote {result.save(args.output)}")
+    if baseline is None:
+        return 0
+    comparison = api.compare_reports(
+        result.report, baseline.report, args.max_regression, tolerances, force=args.force
+    )
+    print(f"\nagainst {args.baseline}:\n{comparison.table()}")
+    return 3 if comparison.regressed else 0
+
+
+def _zoo(args) -> None:
+    path = api.zoo_checkpoint(args.name, args.output, args.seed, args.text, args.overwrite)
+    print(f"wrote {path}" + (f" and {args.text}" if args.text else ""))
+
+
 def _distill(args) -> None:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
     config = DistillConfig.from_yaml(args.config, **flags) if args.config else DistillConfig.from_dict(flags)
@@ -261,6 +296,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser("eval", help="held-out loss, bits per byte, KL and top-1 to a reference, throughput")
+    p.add_argument("model", help="checkpoint directory (config.json + safetensors + tokenizer)")
+    p.add_argument("--data", required=True, help="text file, folder or .jsonl (its held-out split is scored)")
+    p.add_argument("--reference", default=None, help="e.g. the unpruned parent (same tokenizer): KL, top-1")
+    p.add_argument("--samples", type=int, default=16, help="held-out samples, at most (default 16)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
+    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share held out (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="data split and packing (default 0)")
+    p.add_argument("--batch-size", type=int, default=4, help="samples per forward (default 4)")
+    p.add_argument("--context-length", type=int, default=4096, help="tokens for memory (default 4096)")
+    p.add_argument("--dtype", default="float32", help="the model's dtype while evaluating (default float32)")
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--generation-tokens", type=int, default=32, help="greedy tokens timed with the cache (default 32)"
+    )
+    p.add_argument("-o", "--output", default=None, help="write the JSON report here")
+    p.add_argument("--baseline", default=None, help="a report to gate on: exit 3 if a metric regressed")
+    p.add_argument(
+        "--max-regression", type=float, default=0.02, help="relative tolerance of loss, bpb, kl, top-1 (0.02)"
+    )
+    p.add_argument(
+        "--tolerance",
+        action="append",
+        default=None,
+        metavar="METRIC=VALUE",
+        help="per-metric tolerance (repeatable; or a JSON object / .json file); gates throughput and sizes "
+        "too, e.g. forward_tokens_per_s=0.5; 'off' stops gating a metric",
+    )
+    p.add_argument("--force", action="store_true", help="compare although data or settings differ")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("zoo", help="write a pinned tiny zoo model (and its text corpus) for tests and CI")
+    p.add_argument("name", help="zoo model name (nemocompress.zoo.ZOO), e.g. nemotron_h-hybrid")
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory (written atomically)")
+    p.add_argument("--seed", type=int, default=0, help="weights and text seed (default 0)")
+    p.add_argument("--text", default=None, help="also write the deterministic zoo text corpus to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=_zoo)
+
     p = sub.add_parser("distill", help="knowledge distillation of a student from a teacher")
     _distill_flags(p)
     p.set_defaults(func=_distill)
@@ -286,11 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except NemocompressError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

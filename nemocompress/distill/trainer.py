@@ -19,7 +19,7 @@ deterministic).
   ``keep_checkpoints`` are kept. The learning rate (:func:`lr_at`) and the data position are pure
   functions of the step, so the step restores them;
 - ``metrics.jsonl``: one record per step (loss terms, lr, grad norm, tokens, tokens/s) and per
-  evaluation (``eval/loss``, ``eval/kl`` or ``eval/kl_topk``, ``eval/bpb``);
+  evaluation (``eval/loss``, ``eval/bpb``, ``eval/kl`` or ``eval/kl_topk``, ``eval/top1``);
 - ``loss_curve.png``; and at the end ``final/``: the student as a stock Hugging Face checkpoint.
 """
 
@@ -35,13 +35,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_output_dir, check_output_dir, load_config
 from ..errors import OutputError
-from ..evaluate import bits_per_byte_from_nats
+from ..evaluate import evaluate
 from ..report import format_table
 from .batches import DataOrder, distill_samples, fingerprint
 from .config import RESUME_MAY_CHANGE, DistillConfig, DistillError
@@ -51,7 +50,6 @@ from .losses import (
     cross_entropy_loss,
     dynamic_alpha,
     mapped_hidden_loss,
-    token_divergence,
     topk_forward_kl,
 )
 from .metrics import MetricsLog, plot_loss_curve
@@ -86,7 +84,8 @@ class DistillResult:
 
     def table(self) -> str:
         evals = self.evals
-        keys = [k for k in ("eval/loss", "eval/kl", "eval/kl_topk", "eval/bpb") if evals and k in evals[0]]
+        shown = ("eval/loss", "eval/kl", "eval/kl_topk", "eval/top1", "eval/bpb")
+        keys = [k for k in shown if evals and k in evals[0]]
         rows = [[k[5:], *(f"{e[k]:.4f}" for e in (evals[0], evals[-1]))] for k in keys]
         train = [r for r in self.records if "tokens_per_s" in r]
         if train:
@@ -230,10 +229,10 @@ def distill(config: DistillConfig) -> DistillResult:
     metrics = MetricsLog(out / METRICS, keep_until=step if resume_from else None, enabled=main)
     if config.trackers:
         accelerator.init_trackers("nemocompress-distill", config=_tracker_config(config))
-    heldout = _Heldout(heldout_ids, tokenizer, cache)
 
     def evaluate_and_log() -> None:
-        record = {"step": step, **_evaluate(model, teacher, heldout, config, accelerator.device)}
+        evaluated = _evaluate(model, teacher, heldout_ids, tokenizer, cache, config, accelerator.device)
+        record = {"step": step, **evaluated}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
@@ -375,49 +374,28 @@ def _default_layer_map(student_config, teacher_config) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------- held-out evaluation
 
 
-class _Heldout:
-    """Held-out samples ``[M, S]`` with what bits per byte needs, computed once."""
-
-    def __init__(self, input_ids: Tensor, tokenizer, cache: TeacherCache | None) -> None:
-        self.input_ids = input_ids
-        self.cache = cache
-        targets = input_ids[:, 1:]
-        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=targets.dtype)
-        self.counted = ~torch.isin(targets, special)  # targets that carry bytes
-        self.num_bytes = sum(len(tokenizer.decode(row, skip_special_tokens=True).encode()) for row in targets)
-
-
-@torch.no_grad()
 def _evaluate(
-    model: nn.Module, teacher: nn.Module | None, heldout: _Heldout, config: DistillConfig, device
+    model: nn.Module, teacher: nn.Module | None, heldout_ids: Tensor, tokenizer, cache, config, device
 ) -> dict:
-    """Held-out loss (nats/token), KL(teacher || student) per token and bits per byte, on every process."""
+    """Held-out loss (nats/token), bits per byte, KL(teacher || student) per token and top-1 agreement
+    with the teacher (:func:`nemocompress.evaluate.evaluate`), on every process."""
+    reference = teacher
+    if cache is not None:
+
+        def reference(rows: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:  # the cached teacher top-k
+            values, indices = (t.to(device) for t in cache.topk("heldout", rows, config.top_k))
+            return topk_forward_kl(logits, values, indices) * logits.shape[:-1].numel(), indices[..., 0]
+
     model.eval()
-    nats = counted_nats = kl = 0.0
-    num_targets = 0
-    for start in range(0, len(heldout.input_ids), config.batch_size):
-        rows = torch.arange(start, min(start + config.batch_size, len(heldout.input_ids)))
-        input_ids = heldout.input_ids[rows].to(device)
-        logits = model(input_ids)[0][:, :-1].float()
-        per_token = F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none")
-        nats += per_token.sum().item()
-        counted_nats += per_token[heldout.counted[rows].flatten().to(device)].sum().item()
-        num_targets += per_token.numel()
-        if heldout.cache is not None:
-            values, indices = (t.to(device) for t in heldout.cache.topk("heldout", rows, config.top_k))
-            kl += topk_forward_kl(logits, values, indices).item() * per_token.numel()
-        elif teacher is not None:
-            teacher_logits = teacher(input_ids=input_ids, use_cache=False).logits[:, :-1]
-            kl += token_divergence(logits, teacher_logits, "forward_kl").sum().item()
+    report = evaluate(
+        lambda ids: model(ids)[0], heldout_ids, tokenizer, reference, batch_size=config.batch_size,
+        device=device, progress=False,
+    )  # fmt: skip
     model.train()
-    record = {
-        "eval/loss": nats / num_targets,
-        "eval/bpb": bits_per_byte_from_nats(counted_nats, heldout.num_bytes),
-    }
-    if heldout.cache is not None:
-        record["eval/kl_topk"] = kl / num_targets
-    elif teacher is not None:
-        record["eval/kl"] = kl / num_targets
+    record = {"eval/loss": report.loss, "eval/bpb": report.bits_per_byte}
+    if reference is not None:
+        record["eval/kl_topk" if cache is not None else "eval/kl"] = report.kl
+        record["eval/top1"] = report.top1_agreement
     return record
 
 
