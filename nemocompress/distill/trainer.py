@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_output_dir, check_output_dir, load_config
+from ..checkpoint import atomic_output_dir, check_output_dir, load_config, replace_dir
 from ..errors import OutputError
 from ..evaluate import bits_per_byte_from_nats
 from ..report import format_table
@@ -299,7 +299,8 @@ def distill(config: DistillConfig) -> DistillResult:
         student_state = {
             k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")
         }
-        with atomic_output_dir(out / FINAL, overwrite=True) as tmp:
+        weights = {t.data_ptr(): t.numel() * t.element_size() for t in student_state.values()}  # tied once
+        with atomic_output_dir(out / FINAL, overwrite=True, needed_bytes=sum(weights.values())) as tmp:
             accelerator.unwrap_model(model).student.save_pretrained(tmp, state_dict=student_state)
             tokenizer.save_pretrained(tmp)
         plot_loss_curve(metrics.records, out / CURVE)
@@ -444,8 +445,7 @@ def _save_checkpoint(accelerator, out: Path, step: int, state: dict, keep: int) 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        replace_dir(tmp, final)  # a step saved again after a resume replaces the old one by rename
         done = sorted((p for p in root.glob("step-*") if _STEP_DIR.fullmatch(p.name)), key=lambda p: p.name)
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
