@@ -45,6 +45,15 @@ def text(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two cores shared with other jobs: one thread is faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -161,15 +170,25 @@ def _fake_free(monkeypatch, free: int) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
 
 
-def test_prune_refuses_when_the_disk_is_too_small(llama, tmp_path, monkeypatch, capsys):
+def _cache_teacher(teacher, text, out) -> list[str]:
+    flags = {"--teacher": teacher, "--data": text, "--seq-len": 32, "--samples": 32, "--eval-samples": 4}
+    return ["cache-teacher", *(str(x) for item in flags.items() for x in item), "-o", str(out)]
+
+
+@pytest.mark.parametrize("command", ["prune", "cache-teacher"])
+def test_refused_when_the_disk_is_too_small_with_a_true_estimate(llama, text, tmp_path, monkeypatch, capsys,
+                                                                 command):  # fmt: skip
+    out = tmp_path / "out"
+    argv = _prune(llama, out) if command == "prune" else _cache_teacher(llama, text, out)
     _fake_free(monkeypatch, 1000)
-    assert main(_prune(llama, tmp_path / "out")) == 2
+    assert main(argv) == 2
     err = _one_line_error(capsys)
-    assert f"not enough free space for {tmp_path / 'out'}" in err and "1,000 bytes are free" in err
+    assert f"not enough free space for {out}" in err and "1,000 bytes are free" in err
+    assert not out.exists() and _leftovers(out) == []
     needed = int(err.split("it needs ")[1].split(" bytes")[0].replace(",", ""))
     monkeypatch.undo()
-    assert main(_prune(llama, tmp_path / "out")) == 0
-    written = sum(p.stat().st_size for p in (tmp_path / "out").iterdir())
+    assert main(argv) == 0
+    written = sum(p.stat().st_size for p in out.iterdir())
     assert 0.9 * written < needed < 1.1 * written, (needed, written)  # the estimate is the output's size
 
 
@@ -253,7 +272,7 @@ def test_sigkill_during_prune_then_rerun(llama, tmp_path, capsys, caplog):
 
 def test_sigkill_during_cache_teacher_overwrite_keeps_the_previous_cache(llama, text, tmp_path):
     out = tmp_path / "cache"
-    base = ["cache-teacher", "--teacher", str(llama), "--data", str(text), "--seq-len", "32", "-o", str(out)]
+    base = _cache_teacher(llama, text, out)
     assert main([*base, "--top-k", "8"]) == 0
     before = TeacherCache(out)
     values, indices = before.topk("train", torch.tensor([0, 1]), 8)
@@ -269,3 +288,17 @@ def test_sigkill_during_cache_teacher_overwrite_keeps_the_previous_cache(llama, 
     assert torch.equal(v, values) and torch.equal(i, indices)
     assert [p.name for p in remove_stale_temporaries(out)] == [f".cache.tmp-{child.pid}"]
     assert _leftovers(out) == []
+
+
+def test_final_student_save_refuses_when_the_disk_is_too_small(llama, text, tmp_path, monkeypatch):
+    from nemocompress.distill import DistillConfig, distill
+
+    config = DistillConfig(teacher=llama, student=llama, data=text, output_dir=tmp_path / "run", steps=1,
+                           seq_len=32, batch_size=2, save_every=0, eval_every=0, progress=False)  # fmt: skip
+    _fake_free(monkeypatch, 1000)
+    weights = sum(
+        t.numel() * t.element_size() for t in AutoModelForCausalLM.from_pretrained(llama).parameters()
+    )
+    with pytest.raises(OutputError, match=f"final: it needs {weights:,} bytes, 1,000 bytes are free"):
+        distill(config)
+    assert not (tmp_path / "run" / "final").exists() and _leftovers(tmp_path / "run" / "final") == []

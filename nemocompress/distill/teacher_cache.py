@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_output_dir, check_free_space, check_output_dir, load_config
+from ..checkpoint import atomic_output_dir, check_free_space, check_output_dir, load_config, side_files
 from ..report import format_table, human
 from .batches import distill_samples, fingerprint
 from .config import DistillError
@@ -166,6 +166,7 @@ def cache_teacher(
     )
     value_bytes = _VALUE_DTYPES[values_dtype].itemsize + 4  # a value and its int32 index
     needed = (len(train_ids) + len(heldout_ids)) * (seq_len * 8 + (seq_len - 1) * top_k * value_bytes)
+    needed += sum(p.stat().st_size for p in side_files(teacher))  # about the tokenizer files it saves
     check_free_space(target, needed)  # on every process, so that all of them stop together
     dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
     model = load_causal_lm(teacher, dtype).to(state.device)
