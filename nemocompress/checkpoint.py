@@ -309,7 +309,8 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
     A directory counts as stale when its PID is not alive on this host. Temporary directories carry an
     owner file with the host that wrote them; one written on another host (a shared filesystem) is kept,
     since its PID says nothing here. A PID reused by an unrelated process keeps a stale directory until
-    that process ends: the safe way to be wrong. When ``target`` is missing and a stale ``.NAME.old-PID``
+    that process ends: the safe way to be wrong. A ``.NAME.old-PID`` (a previous output, which has no
+    owner file) is judged by its PID alone. When ``target`` is missing and a stale ``.NAME.old-PID``
     holds the previous content (a kill between the two renames of a swap), it is renamed back to
     ``target``. Each action is logged in one line. Returns the paths removed or restored.
     """
@@ -342,6 +343,17 @@ def _owner_host(path: Path) -> str | None:
         return None
 
 
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT, as an OSError (or its cause) or inside the message of a Rust writer's error."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        if any(f"(os error {code})" in str(error) for code in _DISK_FULL):  # safetensors' SafetensorError
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def check_free_space(target: str | Path, needed_bytes: int) -> None:
     """Refuse (OutputError) when the filesystem that will hold ``target`` has less than ``needed_bytes``."""
     target = Path(target)
@@ -353,7 +365,7 @@ def check_free_space(target: str | Path, needed_bytes: int) -> None:
 
 def _no_space(target: Path, needed: int | None, free: int, mid_write: bool = False) -> OutputError:
     what = "the disk filled up while writing" if mid_write else "not enough free space for"
-    need = "an unknown number of" if needed is None else f"{needed:,}"
+    need = "an unknown number of" if needed is None else f"about {needed:,}"
     return OutputError(
         f"{what} {target}: it needs {need} bytes, {free:,} bytes are free on {target.parent}; "
         "free some space or choose another output directory"
@@ -388,7 +400,8 @@ def atomic_output_dir(
     ``target`` left by killed runs (:func:`remove_stale_temporaries`). With ``needed_bytes`` (an estimate
     of what the block writes) free space is checked first. The new directory replaces ``target`` by
     :func:`replace_dir`. On failure the temporary directory is removed and ``target`` is untouched; a full
-    disk (ENOSPC, EDQUOT) becomes a one-line OutputError naming the path, bytes needed and bytes free.
+    disk (ENOSPC, EDQUOT, also inside a safetensors error) becomes a one-line OutputError naming the path,
+    bytes needed and bytes free.
     """
     remove_stale_temporaries(Path(target).resolve())
     target = check_output_dir(target, overwrite, inputs)
@@ -397,13 +410,13 @@ def atomic_output_dir(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / _OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     try:
+        tmp.mkdir()
+        (tmp / _OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         yield tmp
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        if _disk_full(e):
             raise _no_space(target, needed_bytes, shutil.disk_usage(target.parent).free, True) from None
         raise
     replace_dir(tmp, target)
