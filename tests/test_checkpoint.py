@@ -299,15 +299,26 @@ def test_sigkill_during_cache_teacher_overwrite_keeps_the_previous_cache(llama, 
     assert _leftovers(out) == []
 
 
-def test_final_student_save_refuses_when_the_disk_is_too_small(llama, text, tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["start", "final save"])
+def test_distill_refuses_a_disk_too_small_for_the_final_student(llama, text, tmp_path, monkeypatch, when):
     from nemocompress.distill import DistillConfig, distill
 
     config = DistillConfig(teacher=llama, student=llama, data=text, output_dir=tmp_path / "run", steps=1,
                            seq_len=32, batch_size=2, save_every=0, eval_every=0, progress=False)  # fmt: skip
-    _fake_free(monkeypatch, 1000)
+    calls = []
+
+    def usage(path):  # "final save": room at the start, full at the end
+        calls.append(path)
+        return SimpleNamespace(free=10**12 if when == "final save" and len(calls) == 1 else 1000)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
     weights = sum(
         t.numel() * t.element_size() for t in AutoModelForCausalLM.from_pretrained(llama).parameters()
     )
     with pytest.raises(OutputError, match=f"final: it needs about {weights:,} bytes, 1,000 bytes are free"):
         distill(config)
     assert not (tmp_path / "run" / "final").exists() and _leftovers(tmp_path / "run" / "final") == []
+    if when == "start":
+        assert not (tmp_path / "run").exists(), "refused before anything is written"
+    else:
+        assert len(calls) == 2 and (tmp_path / "run" / "metrics.jsonl").exists(), "refused after training"

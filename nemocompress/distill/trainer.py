@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_output_dir, check_output_dir, load_config, replace_dir
+from ..checkpoint import atomic_output_dir, check_free_space, check_output_dir, load_config, replace_dir
 from ..errors import OutputError
 from ..evaluate import bits_per_byte_from_nats
 from ..report import format_table
@@ -194,6 +194,8 @@ def distill(config: DistillConfig) -> DistillResult:
 
     # ------------------------------------------------------------------ output directory and resume point
     resume_from = latest_checkpoint(out) if config.resume else None
+    if not (config.overwrite and out.exists()):  # room for the final student now, not after hours of training
+        check_free_space(out / FINAL, _weight_bytes(student.state_dict()))
     if main:
         if config.overwrite and out.exists():
             shutil.rmtree(out)
@@ -299,8 +301,7 @@ def distill(config: DistillConfig) -> DistillResult:
         student_state = {
             k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")
         }
-        weights = {t.data_ptr(): t.numel() * t.element_size() for t in student_state.values()}  # tied once
-        with atomic_output_dir(out / FINAL, overwrite=True, needed_bytes=sum(weights.values())) as tmp:
+        with atomic_output_dir(out / FINAL, overwrite=True, needed_bytes=_weight_bytes(student_state)) as tmp:
             accelerator.unwrap_model(model).student.save_pretrained(tmp, state_dict=student_state)
             tokenizer.save_pretrained(tmp)
         plot_loss_curve(metrics.records, out / CURVE)
@@ -423,6 +424,11 @@ def _evaluate(
 
 
 # ---------------------------------------------------------------------- checkpoints and the NaN guard
+
+
+def _weight_bytes(state_dict: dict[str, Tensor]) -> int:
+    """Bytes of the tensors of a state dict as safetensors stores them (tied tensors once)."""
+    return sum({t.data_ptr(): t.numel() * t.element_size() for t in state_dict.values()}.values())
 
 
 def _save_checkpoint(accelerator, out: Path, step: int, state: dict, keep: int) -> None:
