@@ -30,6 +30,7 @@ from nemocompress.importance.artifact import ImportanceArtifact
 from nemocompress.zoo import save_zoo_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,6 @@ def text(tmp_path_factory):
     for i in range(4):
         (root / f"doc{i}.txt").write_text(source[i * len(source) // 4 : (i + 1) * len(source) // 4])
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: one thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _dead_pid() -> int:
