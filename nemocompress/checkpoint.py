@@ -8,9 +8,13 @@ never loaded with pickle: a checkpoint with only ``*.bin`` files is refused with
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,12 +32,17 @@ __all__ = [
     "read_rows",
     "SafetensorsWriter",
     "atomic_output_dir",
+    "check_free_space",
     "check_output_dir",
-    "check_output_dir",
+    "remove_stale_temporaries",
+    "replace_dir",
     "copy_side_files",
+    "side_files",
     "SAFE_INDEX",
     "SAFE_SINGLE",
 ]
+
+logger = logging.getLogger(__name__)
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -280,41 +289,158 @@ def check_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple 
     return target
 
 
-@contextlib.contextmanager
-def atomic_output_dir(target: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; rename it to ``target`` only when the block succeeds.
+_OWNER_FILE = ".nemocompress-owner"  # {host, pid} of the process writing a temporary directory
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
-    Refuses what :func:`check_output_dir` refuses. On failure the temporary directory is removed and
-    ``target`` is untouched.
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID`` and ``.NAME.old-PID`` beside ``target`` whose process is gone.
+
+    A directory counts as stale when its PID is not alive on this host. Temporary directories carry an
+    owner file with the host that wrote them; one written on another host (a shared filesystem) is kept,
+    since its PID says nothing here. A PID reused by an unrelated process keeps a stale directory until
+    that process ends: the safe way to be wrong. A ``.NAME.old-PID`` (a previous output, which has no
+    owner file) is judged by its PID alone. When ``target`` is missing and a stale ``.NAME.old-PID``
+    holds the previous content (a kill between the two renames of a swap), it is renamed back to
+    ``target``. Each action is logged in one line. Returns the paths removed or restored.
     """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(\d+)")
+    host, done = socket.gethostname(), []
+    for path in sorted(target.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        pid = int(match[2])
+        if pid == os.getpid() or _pid_alive(pid) or _owner_host(path) not in (None, host):
+            continue
+        if match[1] == "old" and not target.exists():
+            path.rename(target)
+            logger.warning("restored %s from %s (process %d is gone)", target.name, path.name, pid)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            logger.warning("removed stale temporary directory %s (process %d is gone)", path.name, pid)
+        done.append(path)
+    return done
+
+
+def _owner_host(path: Path) -> str | None:
+    try:
+        return json.loads((path / _OWNER_FILE).read_text())["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT, as an OSError (or its cause) or inside the message of a Rust writer's error."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        if any(f"(os error {code})" in str(error) for code in _DISK_FULL):  # safetensors' SafetensorError
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def check_free_space(target: str | Path, needed_bytes: int) -> None:
+    """Refuse (OutputError) when the filesystem that will hold ``target`` has less than ``needed_bytes``."""
+    target = Path(target)
+    parent = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if needed_bytes > free:
+        raise _no_space(target, needed_bytes, free)
+
+
+def _no_space(target: Path, needed: int | None, free: int, mid_write: bool = False) -> OutputError:
+    what = "the disk filled up while writing" if mid_write else "not enough free space for"
+    need = "an unknown number of" if needed is None else f"about {needed:,}"
+    return OutputError(
+        f"{what} {target}: it needs {need} bytes, {free:,} bytes are free on {target.parent}; "
+        "free some space or choose another output directory"
+    )
+
+
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Move the complete directory ``new`` to ``target`` by rename, swapping out what was there.
+
+    The previous ``target`` is renamed to ``.NAME.old-PID`` first and deleted only once ``new`` is in
+    place, so at no point is a half-deleted directory visible under ``target``; a kill between the two
+    renames leaves the previous content in ``.NAME.old-PID``, which :func:`remove_stale_temporaries`
+    renames back.
+    """
+    new, target = Path(new), Path(target)
+    (new / _OWNER_FILE).unlink(missing_ok=True)
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    target: str | Path, overwrite: bool = False, inputs: tuple = (), needed_bytes: int | None = None
+) -> Iterator[Path]:
+    """Yield a temporary directory ``.NAME.tmp-PID`` beside ``target``; swap it in when the block succeeds.
+
+    Refuses what :func:`check_output_dir` refuses, first removing stale temporary directories of
+    ``target`` left by killed runs (:func:`remove_stale_temporaries`). With ``needed_bytes`` (an estimate
+    of what the block writes) free space is checked first. The new directory replaces ``target`` by
+    :func:`replace_dir`. On failure the temporary directory is removed and ``target`` is untouched; a full
+    disk (ENOSPC, EDQUOT, also inside a safetensors error) becomes a one-line OutputError naming the path,
+    bytes needed and bytes free.
+    """
+    remove_stale_temporaries(Path(target).resolve())
     target = check_output_dir(target, overwrite, inputs)
+    if needed_bytes is not None:
+        check_free_space(target, needed_bytes)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
+        (tmp / _OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise _no_space(target, needed_bytes, shutil.disk_usage(target.parent).free, True) from None
         raise
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, target)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 
 
-def copy_side_files(src: str | Path, dst: str | Path) -> list[str]:
-    """Copy tokenizer, generation config and other small files; never weights, index or config.json."""
-    copied = []
+def side_files(src: str | Path) -> list[Path]:
+    """Tokenizer, generation config and other small files of a checkpoint; never weights, index or config."""
+    out = []
     for p in sorted(Path(src).iterdir()):
         if not p.is_file() or p.name in ("config.json", SAFE_INDEX) or p.name.endswith(_WEIGHT_SUFFIXES):
             continue
         if p.name.endswith(".index.json") or p.name.startswith("."):
             continue
+        out.append(p)
+    return out
+
+
+def copy_side_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy :func:`side_files` of ``src`` into ``dst``; returns their names."""
+    copied = []
+    for p in side_files(src):
         shutil.copy2(p, Path(dst) / p.name)
         copied.append(p.name)
     return copied

@@ -14,14 +14,15 @@ Layout of the directory:
 - the teacher's tokenizer files (the tokens were made with it).
 
 Several processes (``torchrun``) split the shards between them. The directory is written beside its
-target and renamed when complete, so a cache either exists whole or not at all.
+target and swapped in by rename when complete (``checkpoint.atomic_output_dir``), so a cache either
+exists whole or not at all, and ``overwrite`` keeps the previous cache until the new one is complete.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..checkpoint import check_output_dir, load_config
+from ..checkpoint import atomic_output_dir, check_free_space, check_output_dir, load_config, side_files
 from ..report import format_table, human
 from .batches import distill_samples, fingerprint
 from .config import DistillError
@@ -150,6 +151,7 @@ def cache_teacher(
     OutputError for bad input, before any teacher forward.
     """
     from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
 
     if values_dtype not in _VALUE_DTYPES:
         raise DistillError(f"values_dtype must be one of {', '.join(_VALUE_DTYPES)}, got {values_dtype!r}")
@@ -162,49 +164,48 @@ def cache_teacher(
     train_ids, heldout_ids = distill_samples(
         tokenizer, str(data), seq_len, eval_samples, heldout_fraction, seed, num_samples
     )
+    value_bytes = _VALUE_DTYPES[values_dtype].itemsize + 4  # a value and its int32 index
+    needed = (len(train_ids) + len(heldout_ids)) * (seq_len * 8 + (seq_len - 1) * top_k * value_bytes)
+    needed += sum(p.stat().st_size for p in side_files(teacher))  # about the tokenizer files it saves
+    check_free_space(target, needed)  # on every process, so that all of them stop together
     dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
     model = load_causal_lm(teacher, dtype).to(state.device)
     if top_k > model.config.vocab_size:
         raise DistillError(f"top_k {top_k} exceeds the teacher's vocabulary of {model.config.vocab_size}")
-    tmp = target.parent / f".{target.name}.tmp-cache"
-    if state.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    state.wait_for_everyone()
-    start = time.perf_counter()
-    shards = {}
-    for split, ids in (("train", train_ids), ("heldout", heldout_ids)):
-        shards[split] = write_topk_shards(
-            model, ids, tmp, split, top_k, batch_size, shard_samples, _VALUE_DTYPES[values_dtype],
-            state.process_index, state.num_processes, progress,
-        )  # fmt: skip
-    seconds = time.perf_counter() - start
-    state.wait_for_everyone()
-    if state.is_main_process:
-        vocab = vocabulary(model.config, tokenizer)
-        meta = {
-            "version": CACHE_VERSION,
-            "teacher": str(teacher),
-            "teacher_model_type": model.config.model_type,
-            "vocab_size": vocab.size,
-            "tokenizer_digest": vocab.digest,
-            "data": str(data),
-            "seq_len": seq_len,
-            "top_k": top_k,
-            "values_dtype": values_dtype,
-            "heldout_fraction": heldout_fraction,
-            "seed": seed,
-            "splits": {
-                split: {"num_samples": sum(n for _, n in shards[split]), "shards": shards[split],
-                        "fingerprint": fingerprint(ids)}
-                for split, ids in (("train", train_ids), ("heldout", heldout_ids))
-            },
-        }  # fmt: skip
-        (tmp / CACHE_META).write_text(json.dumps(meta, indent=1))
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+    main = state.is_main_process
+    with atomic_output_dir(target, overwrite, (teacher, data), needed) if main else nullcontext() as tmp:
+        tmp = Path(broadcast_object_list([str(tmp)])[0])  # every process writes its shards there
+        start = time.perf_counter()
+        shards = {}
+        for split, ids in (("train", train_ids), ("heldout", heldout_ids)):
+            shards[split] = write_topk_shards(
+                model, ids, tmp, split, top_k, batch_size, shard_samples, _VALUE_DTYPES[values_dtype],
+                state.process_index, state.num_processes, progress,
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+        state.wait_for_everyone()
+        if main:
+            vocab = vocabulary(model.config, tokenizer)
+            meta = {
+                "version": CACHE_VERSION,
+                "teacher": str(teacher),
+                "teacher_model_type": model.config.model_type,
+                "vocab_size": vocab.size,
+                "tokenizer_digest": vocab.digest,
+                "data": str(data),
+                "seq_len": seq_len,
+                "top_k": top_k,
+                "values_dtype": values_dtype,
+                "heldout_fraction": heldout_fraction,
+                "seed": seed,
+                "splits": {
+                    split: {"num_samples": sum(n for _, n in shards[split]), "shards": shards[split],
+                            "fingerprint": fingerprint(ids)}
+                    for split, ids in (("train", train_ids), ("heldout", heldout_ids))
+                },
+            }  # fmt: skip
+            (tmp / CACHE_META).write_text(json.dumps(meta, indent=1))
+            tokenizer.save_pretrained(tmp)
     state.wait_for_everyone()
     size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
     return TeacherCacheResult(target, len(train_ids), len(heldout_ids), seq_len, top_k, seconds, size)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_output_dir, check_output_dir, load_config
+from ..checkpoint import atomic_output_dir, check_free_space, check_output_dir, load_config, replace_dir
 from ..errors import OutputError
 from ..evaluate import evaluate
 from ..report import format_table
@@ -193,6 +193,8 @@ def distill(config: DistillConfig) -> DistillResult:
 
     # ------------------------------------------------------------------ output directory and resume point
     resume_from = latest_checkpoint(out) if config.resume else None
+    if not (config.overwrite and out.exists()):  # room for the final student now, not after hours of training
+        check_free_space(out / FINAL, _weight_bytes(student.state_dict()))
     if main:
         if config.overwrite and out.exists():
             shutil.rmtree(out)
@@ -298,7 +300,7 @@ def distill(config: DistillConfig) -> DistillResult:
         student_state = {
             k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")
         }
-        with atomic_output_dir(out / FINAL, overwrite=True) as tmp:
+        with atomic_output_dir(out / FINAL, overwrite=True, needed_bytes=_weight_bytes(student_state)) as tmp:
             accelerator.unwrap_model(model).student.save_pretrained(tmp, state_dict=student_state)
             tokenizer.save_pretrained(tmp)
         plot_loss_curve(metrics.records, out / CURVE)
@@ -402,6 +404,11 @@ def _evaluate(
 # ---------------------------------------------------------------------- checkpoints and the NaN guard
 
 
+def _weight_bytes(state_dict: dict[str, Tensor]) -> int:
+    """Bytes of the tensors of a state dict as safetensors stores them (tied tensors once)."""
+    return sum({t.data_ptr(): t.numel() * t.element_size() for t in state_dict.values()}.values())
+
+
 def _save_checkpoint(accelerator, out: Path, step: int, state: dict, keep: int) -> None:
     """accelerate state + ``trainer_state.json`` into a temporary directory, renamed when complete."""
     root = out / CHECKPOINTS
@@ -422,8 +429,7 @@ def _save_checkpoint(accelerator, out: Path, step: int, state: dict, keep: int) 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        replace_dir(tmp, final)  # a step saved again after a resume replaces the old one by rename
         done = sorted((p for p in root.glob("step-*") if _STEP_DIR.fullmatch(p.name)), key=lambda p: p.name)
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -78,7 +78,8 @@ class ImportanceArtifact:
         """Write the directory atomically; ``also(tmp)`` may add files (plots) before it is renamed."""
         tensors = self.tensors()
         meta = {**self.meta, "version": SCORES_VERSION}
-        with atomic_output_dir(path, overwrite) as tmp:
+        needed = sum(t.numel() * t.element_size() for t in tensors.values()) + len(tensors) * 256
+        with atomic_output_dir(path, overwrite, needed_bytes=needed) as tmp:
             safetensors.torch.save_file(tensors, str(tmp / _TENSORS))
             (tmp / _META).write_text(json.dumps(meta, indent=1))
             if also is not None:

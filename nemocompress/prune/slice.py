@@ -26,6 +26,7 @@ from ..checkpoint import (
     list_tensors,
     load_config,
     read_rows,
+    side_files,
 )
 from ..errors import CheckpointError
 from .plan import Plan
@@ -144,7 +145,8 @@ def slice_checkpoint(
 
     The output has the input's key layout and sharding (shard files keep their names), the plan's config,
     the tokenizer and other side files, and ``nemocompress_plan.json``. It is written to a temporary
-    directory beside ``output_dir`` and renamed when complete.
+    directory beside ``output_dir`` and renamed when complete (``atomic_output_dir``), after
+    checking that the disk has room for the sliced tensors and the input's side files.
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     config = load_config(model_dir)
@@ -157,19 +159,18 @@ def slice_checkpoint(
     for job in jobs:
         by_file.setdefault(job.info.file, []).append(job)
     total = sum(j.info.nbytes for j in jobs)
-    with atomic_output_dir(output_dir, overwrite, inputs=(model_dir,)) as tmp:
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="slicing", disable=not progress)
-        weight_map, total_size = {}, 0
-        for file, file_jobs in by_file.items():
-            layout = {j.out_key: (j.info.dtype, j.shape) for j in file_jobs}
-            with SafetensorsWriter(tmp / file.name, layout) as writer:
-                for job in file_jobs:
-                    _stream(job, kept, writer)
-                    bar.update(job.info.nbytes)
-            for j in file_jobs:
-                weight_map[j.out_key] = file.name
-                total_size += torch.Size(j.shape).numel() * j.info.dtype.itemsize
-        bar.close()
+    total_size = sum(torch.Size(j.shape).numel() * j.info.dtype.itemsize for j in jobs)
+    side = sum(p.stat().st_size for p in side_files(model_dir))
+    with atomic_output_dir(output_dir, overwrite, (model_dir,), needed_bytes=total_size + side) as tmp:
+        weight_map = {}
+        with tqdm(total=total, unit="B", unit_scale=True, desc="slicing", disable=not progress) as bar:
+            for file, file_jobs in by_file.items():  # the bar ends its line also when a write fails
+                layout = {j.out_key: (j.info.dtype, j.shape) for j in file_jobs}
+                with SafetensorsWriter(tmp / file.name, layout) as writer:
+                    for job in file_jobs:
+                        _stream(job, kept, writer)
+                        bar.update(job.info.nbytes)
+                weight_map.update((j.out_key, file.name) for j in file_jobs)
         if (model_dir / SAFE_INDEX).is_file():
             index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2))

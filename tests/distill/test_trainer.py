@@ -25,13 +25,7 @@ SCRIPT = Path(__file__).with_name("run_distill.py")
 TINY = dict(seq_len=32, batch_size=4, lr=3e-3, warmup_steps=1, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: one thread is faster and makes runs comparable to subprocesses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
