@@ -433,7 +433,7 @@ def test_bad_arguments_raise(logits):
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_kd_loss(student, teacher, chunk_size=0)
     with pytest.raises(ValueError, match="divergence"):
-        kd_loss(student, teacher, "kl")
+        kd_loss(student, teacher, "nope")
 
 
 # --------------------------------------------------------------------------- CE and intermediate losses
