@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .divergences import Divergence, check_divergence, token_divergence
+from .divergences import Divergence, check_divergence, divergence_of_log_probs, log_probs
 from .reduction import NumItems, check_same_shape, compute_dtype, denominator, valid_tokens
 
 __all__ = ["chunked_kd_loss"]
@@ -139,11 +139,10 @@ def run_chunked(make_step, chunk_size: int, valid: Tensor | None, rows: list[Ten
         return _chunked_sum(step, chunk_size, valid, rows, [False] * len(rows))[0]
 
 
-def scaled_divergence_sum(student_logits, teacher_logits, *, divergence, beta, temperature, scale):
-    per_token = token_divergence(
-        student_logits, teacher_logits, divergence, beta=beta, temperature=temperature
-    )
-    return per_token.sum() * scale
+def scaled_divergence_sum(student_logits, teacher_logits, *, spec, hyper, temperature, scale):
+    """``scale * sum_tokens divergence`` of one chunk ``[n, V]``; ``spec, hyper`` from :func:`check_divergence`."""
+    log_s, log_t = log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
+    return divergence_of_log_probs(spec, log_s, log_t, hyper).sum() * scale
 
 
 def counted_rows(
@@ -183,6 +182,7 @@ def chunked_kd_loss(
     ignore_index: int = -100,
     num_items: NumItems = None,
     chunk_size: int | None = None,
+    **hyperparameters,
 ) -> Tensor:
     """:func:`kd_loss` computed over chunks of ``chunk_size`` tokens, with the same value and gradients.
 
@@ -199,7 +199,8 @@ def chunked_kd_loss(
         student_logits: ``[..., V]``, typically bf16 from the LM head; may be a
             non-contiguous view such as ``logits[:, :-1]`` (it is not copied).
         teacher_logits: ``[..., V]``.
-        divergence, beta, temperature, labels, mask, ignore_index, num_items: as :func:`kd_loss`.
+        divergence, beta, temperature, labels, mask, ignore_index, num_items, hyperparameters: as
+            :func:`kd_loss`.
         chunk_size: tokens per chunk; None picks ``max(1, 2**25 // V)`` (128 MiB per
             ``[chunk, V]`` float32 tensor, 256 tokens at V = 131072).
 
@@ -207,13 +208,11 @@ def chunked_kd_loss(
         Scalar float32 (float64 for float64 logits).
     """
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    check_divergence(divergence, beta, temperature)
+    spec, hyper = check_divergence(divergence, beta, temperature, hyperparameters)
     rows, valid, divisor = counted_rows(
         [student_logits, teacher_logits], labels, mask, ignore_index, num_items
     )
     scale = temperature**2 / divisor
-    loss_fn = partial(
-        scaled_divergence_sum, divergence=divergence, beta=beta, temperature=temperature, scale=scale
-    )
+    loss_fn = partial(scaled_divergence_sum, spec=spec, hyper=hyper, temperature=temperature, scale=scale)
     make_step = partial(_LogitStep, loss_fn)
     return run_chunked(make_step, chunk_rows(chunk_size, student_logits.shape[-1]), valid, rows, [])

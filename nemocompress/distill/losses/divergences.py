@@ -111,14 +111,15 @@ def full_vocab_spec(divergence: str) -> KDLossSpec:
     spec = kd_loss_spec(divergence)
     if spec.per_token is None:
         raise ValueError(
-            f"{spec.name!r} does not compare full distributions; use its own function (e.g. topk_forward_kl)"
+            f"{spec.name!r} reads the teacher's top-k logits, not its full distribution: use topk_forward_kl"
         )
     return spec
 
 
-def divergence_of_log_probs(spec: KDLossSpec, log_s: Tensor, log_t: Tensor, beta: float) -> Tensor:
-    """``spec``'s per-token divergence of log-probabilities ``[..., V] -> [...]``."""
-    return spec.per_token(log_s, log_t, **({"beta": beta} if "beta" in spec.hyperparameters else {}))
+def divergence_of_log_probs(spec: KDLossSpec, log_s: Tensor, log_t: Tensor, hyper: dict) -> Tensor:
+    """``spec``'s per-token divergence of log-probabilities ``[..., V] -> [...]``; ``hyper`` from
+    :func:`check_divergence`."""
+    return spec.per_token(log_s, log_t, **hyper)
 
 
 def token_divergence(
@@ -128,6 +129,7 @@ def token_divergence(
     *,
     beta: float = 0.5,
     temperature: float = 1.0,
+    **hyperparameters,
 ) -> Tensor:
     """Divergence between teacher and student at every token, before masking, ``T**2`` and reduction.
 
@@ -141,21 +143,32 @@ def token_divergence(
             :func:`generalized_jsd`); ``"tvd"`` total variation 0.5 * sum |p_teacher - p_student|.
         beta: JSD interpolation weight in [0, 1]; ignored by the other divergences.
         temperature: softmax temperature ``T > 0``.
+        hyperparameters: further keywords of a registered divergence (its ``KDLossSpec.hyperparameters``).
 
     Returns:
         ``[...]`` float32 (float64 for float64 logits).
     """
-    spec = check_divergence(divergence, beta, temperature)
+    spec, hyper = check_divergence(divergence, beta, temperature, hyperparameters)
     log_s = log_probs(student_logits, temperature)
     log_t = log_probs(teacher_logits, temperature)
-    return divergence_of_log_probs(spec, log_s, log_t, beta)
+    return divergence_of_log_probs(spec, log_s, log_t, hyper)
 
 
-def check_divergence(divergence: str, beta: float, temperature: float) -> KDLossSpec:
-    """Validate the arguments every full-vocabulary loss takes; return the divergence's spec."""
+def check_divergence(
+    divergence: str, beta: float, temperature: float, hyperparameters: dict | None = None
+) -> tuple[KDLossSpec, dict]:
+    """Validate the arguments every full-vocabulary loss takes; return the divergence's spec and the
+    keywords its per-token function takes (``beta`` when it declares it, and ``hyperparameters``)."""
     spec = full_vocab_spec(divergence)
+    unknown = sorted(set(hyperparameters or {}) - set(spec.hyperparameters))
+    if unknown:
+        takes = ", ".join(spec.hyperparameters) or "none"
+        raise ValueError(
+            f"divergence {spec.name!r} takes no {', '.join(unknown)} (its hyper-parameters: {takes})"
+        )
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return spec
+    hyper = {"beta": beta} if "beta" in spec.hyperparameters else {}
+    return spec, {**hyper, **(hyperparameters or {})}

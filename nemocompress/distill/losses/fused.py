@@ -60,19 +60,24 @@ class _HiddenStep:
         return value, [*hidden_grads, *(None for _ in extra)]
 
     def _head_backward(self, grad_logits: Tensor | None, hidden: Tensor, model: int) -> Tensor | None:
-        """Accumulate dL/dW = g^T h and dL/db = sum g for one head; return dL/dh = g W."""
+        """Accumulate dL/dW = g^T h and dL/db = sum g for one head; return dL/dh = g W.
+
+        In the weight's dtype with autocast off: under mixed precision the logits (and so ``g``) are in
+        the autocast dtype, while the accumulated gradients must match the float32 weights.
+        """
         if grad_logits is None:
             return None
         w, b = 2 * model, 2 * model + 1
-        if self.head_needs[w]:
-            w_sum = self.sums[w]
-            self.sums[w] = (
-                grad_logits.t() @ hidden if w_sum is None else w_sum.addmm_(grad_logits.t(), hidden)
-            )
-        if self.head_needs[b]:
-            b_sum = self.sums[b]
-            self.sums[b] = grad_logits.sum(0) if b_sum is None else b_sum.add_(grad_logits.sum(0))
-        return grad_logits @ self.heads[w] if self.row_needs[model] else None
+        weight = self.heads[w]
+        with torch.autocast(hidden.device.type, enabled=False):
+            g, h = grad_logits.to(weight.dtype), hidden.to(weight.dtype)
+            if self.head_needs[w]:
+                w_sum = self.sums[w]
+                self.sums[w] = g.t() @ h if w_sum is None else w_sum.addmm_(g.t(), h)
+            if self.head_needs[b]:
+                b_sum = self.sums[b]
+                self.sums[b] = g.sum(0) if b_sum is None else b_sum.add_(g.sum(0))
+            return (g @ weight).to(hidden.dtype) if self.row_needs[model] else None
 
     def shared_grads(self) -> list[Tensor | None]:
         """Gradients of the heads' weights and biases; zeros where needed but every token was masked."""
@@ -85,8 +90,8 @@ class _HiddenStep:
 class _DistillTerms:
     """Per-chunk ``kd_weight * KD * T^2 / n + ce_weight * CE / n``, keeping each term's running sum."""
 
-    def __init__(self, spec: KDLossSpec | None, beta: float, temperature: float, weights, divisor) -> None:
-        self.spec, self.beta, self.temperature = spec, beta, temperature
+    def __init__(self, spec: KDLossSpec | None, hyper: dict, temperature: float, weights, divisor) -> None:
+        self.spec, self.hyper, self.temperature = spec, hyper, temperature
         self.kd_weight, self.ce_weight = weights
         self.kd_scale, self.ce_scale = temperature**2 / divisor, 1.0 / divisor
         self.kd = self.ce = torch.zeros_like(divisor)
@@ -96,7 +101,7 @@ class _DistillTerms:
         loss = torch.zeros((), dtype=log_s.dtype, device=log_s.device)
         if self.spec is not None:  # rest[0]: teacher logits
             log_t = log_probs(rest[0], self.temperature)
-            kd = divergence_of_log_probs(self.spec, log_s, log_t, self.beta).sum() * self.kd_scale
+            kd = divergence_of_log_probs(self.spec, log_s, log_t, self.hyper).sum() * self.kd_scale
             self.kd = self.kd + kd.detach()
             loss = loss + self.kd_weight * kd
         if self.ce_weight > 0:  # rest[-1]: labels [n, 1]
@@ -125,6 +130,7 @@ def chunked_distill_loss_from_hidden(
     ignore_index: int = -100,
     num_items: NumItems = None,
     chunk_size: int | None = None,
+    **hyperparameters,
 ) -> DistillLoss:
     """``kd_weight * KD + ce_weight * CE`` from final hidden states, fusing the LM heads chunk by chunk.
 
@@ -144,14 +150,16 @@ def chunked_distill_loss_from_hidden(
         student_lm_head_bias, teacher_lm_head_bias: optional ``[V]``.
         kd_weight, ce_weight: weights of the two terms, ``>= 0``.
         labels: ``[...]`` int64 next-token targets; required when ``ce_weight > 0``.
-        beta, temperature, mask, ignore_index, num_items: as :func:`kd_loss`.
+        beta, temperature, mask, ignore_index, num_items, hyperparameters: as :func:`kd_loss`.
         chunk_size: tokens per chunk; None picks ``max(1, 2**25 // V)``.
 
     Returns:
         :class:`DistillLoss` of scalars, float32 (float64 for float64 inputs).
     """
     use_teacher = kd_weight > 0
-    spec = check_divergence(divergence, beta, temperature) if use_teacher else None
+    spec, hyper = (
+        check_divergence(divergence, beta, temperature, hyperparameters) if use_teacher else (None, {})
+    )
     if use_teacher and (teacher_hidden is None or teacher_lm_head_weight is None):
         raise ValueError("kd_weight > 0 needs the teacher's hidden states and LM head weight")
     if ce_weight > 0 and labels is None:
@@ -166,7 +174,7 @@ def chunked_distill_loss_from_hidden(
         heads += [teacher_lm_head_weight, teacher_lm_head_bias]
     extra = [labels.unsqueeze(-1)] if ce_weight > 0 else []
     rows, valid, divisor = counted_rows([*hidden, *extra], labels, mask, ignore_index, num_items)
-    terms = _DistillTerms(spec, beta, temperature, (kd_weight, ce_weight), divisor)
+    terms = _DistillTerms(spec, hyper, temperature, (kd_weight, ce_weight), divisor)
     make_step = partial(_HiddenStep, terms, len(hidden), len(rows))
     chunk = chunk_rows(chunk_size, student_lm_head_weight.shape[0])
     loss = run_chunked(make_step, chunk, valid, rows, heads)
@@ -189,6 +197,7 @@ def chunked_kd_loss_from_hidden(
     ignore_index: int = -100,
     num_items: NumItems = None,
     chunk_size: int | None = None,
+    **hyperparameters,
 ) -> Tensor:
     """Logit distillation from final hidden states, fusing the LM heads chunk by chunk.
 
@@ -206,7 +215,7 @@ def chunked_kd_loss_from_hidden(
         teacher_lm_head_weight: ``[V, D_t]``.
         divergence: see :func:`token_divergence`.
         student_lm_head_bias, teacher_lm_head_bias: optional ``[V]``.
-        beta, temperature, labels, mask, ignore_index, num_items: as :func:`kd_loss`.
+        beta, temperature, labels, mask, ignore_index, num_items, hyperparameters: as :func:`kd_loss`.
         chunk_size: tokens per chunk; None picks ``max(1, 2**25 // V)``.
 
     Returns:
@@ -216,7 +225,7 @@ def chunked_kd_loss_from_hidden(
         student_hidden, student_lm_head_weight, teacher_hidden, teacher_lm_head_weight, divergence,
         student_lm_head_bias=student_lm_head_bias, teacher_lm_head_bias=teacher_lm_head_bias, beta=beta,
         temperature=temperature, labels=labels, mask=mask, ignore_index=ignore_index, num_items=num_items,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, **hyperparameters,
     ).loss  # fmt: skip
 
 

@@ -37,6 +37,7 @@ def kd_loss(
     mask: Tensor | None = None,
     ignore_index: int = -100,
     num_items: NumItems = None,
+    **hyperparameters,
 ) -> Tensor:
     """Logit distillation loss, materializing the full ``[tokens, V]`` log-probabilities.
 
@@ -50,13 +51,16 @@ def kd_loss(
         mask: ``[...]`` bool; false tokens are not counted.
         ignore_index: label value that marks a token not counted.
         num_items: divisor of the token sum (global count for gradient accumulation).
+        hyperparameters: further keywords of a registered divergence (see :func:`token_divergence`).
 
     Returns:
         Scalar float32 (float64 for float64 logits). Same value as :func:`chunked_kd_loss`.
     """
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
     valid = valid_tokens(student_logits.shape[:-1], labels, mask, ignore_index)
-    per_token = partial(token_divergence, divergence=divergence, beta=beta, temperature=temperature)
+    per_token = partial(
+        token_divergence, divergence=divergence, beta=beta, temperature=temperature, **hyperparameters
+    )
     return temperature**2 * masked_mean(per_token, [student_logits, teacher_logits], valid, num_items)
 
 
