@@ -9,7 +9,7 @@ import sys
 from . import __version__, api
 from .arch import SCORE_CHOICES
 from .distill import DistillConfig, cache_teacher, distill
-from .distill.config import INTERMEDIATE_LOSSES, KD_LOSSES
+from .distill.losses import intermediate_loss_names, kd_loss_names
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
@@ -163,12 +163,18 @@ def _distill_flags(p) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4)")
     p.add_argument("--min-lr", type=float, default=None, help="end of the cosine decay (default 1e-5)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup (default 5%% of steps)")
-    p.add_argument("--kd-loss", default=None, choices=KD_LOSSES, help="logit divergence (default kl)")
+    p.add_argument("--kd-loss", default=None, choices=kd_loss_names(), help="logit divergence (default kl)")
     p.add_argument("--kd-weight", type=float, default=None, help="weight of the KD term (default 1)")
     p.add_argument("--top-k", type=int, default=None, help="teacher logits kept by topk-kl (default 64)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--ce-weight", type=float, default=None, help="weight of next-token CE (default 0)")
-    p.add_argument("--intermediate", default=None, choices=INTERMEDIATE_LOSSES, help="hidden-state loss")
+    p.add_argument(
+        "--intermediate", default=None, choices=intermediate_loss_names(), help="hidden-state loss"
+    )
+    p.add_argument(
+        "--no-fused-head", dest="fused_head", action="store_false", default=None,
+        help="compute full logits instead of fusing the LM heads into the chunked loss",
+    )  # fmt: skip
     p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default 100)")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint period (default 100)")
     p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
