@@ -11,14 +11,11 @@ from nemocompress.arch import get_adapter
 from nemocompress.arch.masking import bypass_layers
 from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
-from nemocompress.importance.depth import (
-    LAYER_METRICS,
-    finalize_layer_scores,
-    iterative_layer_ranking,
-    layer_stats,
-)
+from nemocompress.importance.calibrate import load_model_and_samples
+from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores, layer_stats
 from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.scoring import activation_scores, flap_scores
+from nemocompress.importance.selection import iterative_layer_ranking
 from nemocompress.prune.minitron import plan_from_targets
 from nemocompress.zoo import save_zoo_checkpoint, zoo_model
 
@@ -370,27 +367,6 @@ def test_bad_calibration_data(calibrated, tmp_path, capsys, content, message):
     assert not (tmp_path / "s").exists()
 
 
-def test_flap_needs_token_moments(calibrated, tmp_path, capsys):
-    flags = ["--samples", "4", "--seq-len", "16"]
-    assert _importance(calibrated, tmp_path / "s", *flags) == 0
-    code = main(
-        [
-            "prune",
-            str(calibrated / "model"),
-            "-o",
-            str(tmp_path / "o"),
-            "--scores",
-            str(tmp_path / "s"),
-            "--importance",
-            "flap",
-            "--export-config",
-            '{"hidden_size": 32}',
-        ]
-    )
-    assert code == 2
-    assert "--importance flap" in capsys.readouterr().err
-
-
 def test_activation_needs_data_or_scores(calibrated, tmp_path, capsys):
     code = main(
         [
@@ -444,7 +420,7 @@ def test_iterative_layer_selection_drops_one_at_a_time(calibrated, tmp_path):
     result = api.prune(model_dir, tmp_path / "o", {"num_layers": 4}, options, data=data, progress=False)
     kept = result.plan.kept["layers"]
     assert len(kept) == 4
-    model, samples = api._model_and_samples(model_dir, data, options)
+    model, samples = load_model_and_samples(model_dir, data, options)
     batches = list(samples.split(options.batch_size))
     assert kept == iterative_layer_ranking(model, get_adapter(model.config), batches, 4)
 
