@@ -22,7 +22,7 @@ from .importance.calibrate import CalibrationCheckpoint, calibrate, load_model_a
 from .importance.depth import default_layer_metrics
 from .importance.options import ImportanceOptions
 from .importance.result import ImportanceResult
-from .importance.selection import iterative_ranking, layer_ranking, windows_to_score
+from .importance.selection import select_layers, windows_to_score
 from .importance.weights import random_scores
 from .prune.cost import Cost, model_cost
 from .prune.minitron import plan_from_targets
@@ -214,17 +214,6 @@ def _found(model_dir, config, keep: int | None, options, scores, data, progress)
     return importance(model_dir, data, None, options, windows, progress=progress)
 
 
-def _layer_ranking(found: ImportanceResult, model_dir, data, keep: int) -> torch.Tensor:
-    """Layer scores whose top ``keep`` are the layers the chosen selection keeps (``data``: calibration
-    text when scores are computed now, which ``iterative`` selection re-scores as it drops layers)."""
-    o, adapter = found.options, get_adapter(found.config)
-    if o.layer_selection == "iterative" and data is not None:
-        model, samples = load_model_and_samples(model_dir, data, o)
-        return iterative_ranking(model, adapter, list(samples.split(o.batch_size)), keep, o.layer_metric)
-    num_layers = adapter.num_layers(found.config)
-    return layer_ranking(found.layer_scores, num_layers, keep, o.layer_metric, o.layer_selection)
-
-
 def prune(
     model_dir: str | Path,
     output_dir: str | Path,
@@ -261,7 +250,7 @@ def prune(
     found = _found(model_dir, config, keep, options, scores, data, progress)
     unit = found.unit_scores()
     if keep is not None and options.needs_data:  # other rankings score the layers themselves
-        unit["layers"] = _layer_ranking(found, model_dir, data if scores is None else None, keep)
+        unit["layers"] = select_layers(found, keep, data if scores is None else None)
     rescore = found.unit_scores if found.ranking.restricts else None
     plan = plan_from_targets(config, targets, unit, rescore=rescore)
     slice_checkpoint(model_dir, plan, output_dir, overwrite=overwrite, progress=progress)

@@ -13,10 +13,9 @@ from .distill.config import INTERMEDIATE_LOSSES, KD_LOSSES
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
-from .importance.options import CALIBRATION_DTYPES, ImportanceOptions
+from .importance.options import CALIBRATION_DTYPES, LAYER_SELECTIONS, ImportanceOptions
 from .importance.rankings import RANKINGS
 from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
-from .importance.selection import LAYER_SELECTIONS
 
 
 def _info(args) -> None:

@@ -13,11 +13,11 @@ from .activation import SEQ_AGGREGATIONS
 from .depth import LAYER_METRICS
 from .rankings import RANKINGS, Ranking
 from .scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
-from .selection import LAYER_SELECTIONS
 
-__all__ = ["ImportanceOptions", "CALIBRATION_DTYPES"]
+__all__ = ["ImportanceOptions", "CALIBRATION_DTYPES", "LAYER_SELECTIONS"]
 
 CALIBRATION_DTYPES = ("float32", "bfloat16", "float16")
+LAYER_SELECTIONS = ("individual", "contiguous", "iterative")  # see nemocompress.importance.selection
 
 
 @dataclass(frozen=True)

@@ -9,23 +9,24 @@ needs data, not saved scores). The planner (prune/) takes the ranking like any o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..arch import Adapter
+from ..arch import Adapter, get_adapter
 from ..errors import PlanError
+from .calibrate import load_model_and_samples
 from .depth import finalize_layer_scores, layer_stats
+from .result import ImportanceResult
 
 __all__ = [
-    "LAYER_SELECTIONS",
     "windows_to_score",
+    "select_layers",
     "layer_ranking",
     "iterative_layer_ranking",
     "iterative_ranking",
 ]
-
-LAYER_SELECTIONS = ("individual", "contiguous", "iterative")
 
 
 def windows_to_score(num_layers: int, keep: int | None, selection: str) -> tuple[int, ...]:
@@ -37,6 +38,20 @@ def windows_to_score(num_layers: int, keep: int | None, selection: str) -> tuple
         return ()
     window = num_layers - keep
     return (1, window) if selection == "contiguous" and window > 1 else (1,)
+
+
+def select_layers(found: ImportanceResult, keep: int, data: str | Path | None = None) -> torch.Tensor:
+    """[num_layers] scores whose top ``keep`` are the layers ``found.options.layer_selection`` keeps.
+
+    ``data``: calibration text, when the scores were computed from it now; ``iterative`` selection reloads
+    the model (``found.model_dir``) and re-scores as it drops layers.
+    """
+    o, adapter = found.options, get_adapter(found.config)
+    if o.layer_selection == "iterative" and data is not None:
+        model, samples = load_model_and_samples(found.model_dir, data, o)
+        return iterative_ranking(model, adapter, list(samples.split(o.batch_size)), keep, o.layer_metric)
+    num_layers = adapter.num_layers(found.config)
+    return layer_ranking(found.layer_scores, num_layers, keep, o.layer_metric, o.layer_selection)
 
 
 def layer_ranking(
