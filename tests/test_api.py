@@ -3,6 +3,7 @@ expects, and outer units re-scored on the kept inner units."""
 
 import pytest
 import torch
+from helpers import write_calibration
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
@@ -11,7 +12,7 @@ from nemocompress.importance.artifact import ScoresError
 from nemocompress.importance.scoring import activation_scores
 from nemocompress.importance.weights import checkpoint_magnitude_scores, random_scores
 from nemocompress.prune.minitron import plan_from_targets
-from nemocompress.zoo import save_zoo_checkpoint, zoo_config
+from nemocompress.zoo import zoo_config
 
 FLAGS = ["--samples", "4", "--seq-len", "16"]
 OPTIONS = api.ImportanceOptions(samples=4, seq_len=16)
@@ -19,12 +20,7 @@ OPTIONS = api.ImportanceOptions(samples=4, seq_len=16)
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    save_zoo_checkpoint("nemotron_h-hybrid", root / "model")
-    (root / "text.txt").write_text(
-        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
-    )
-    return root
+    return write_calibration(tmp_path_factory.mktemp("api"))
 
 
 def test_no_layers_scores_hold_no_layer_scores_and_refuse_depth(calibrated, tmp_path):

@@ -6,6 +6,7 @@ import json
 import pytest
 import safetensors.torch
 import torch
+from helpers import write_calibration
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
@@ -15,7 +16,7 @@ from nemocompress.importance.activation import ActivationCollector
 from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.rankings import RANKINGS, register_ranking
 from nemocompress.importance.scoring import activation_scores
-from nemocompress.zoo import save_zoo_checkpoint, zoo_model
+from nemocompress.zoo import zoo_model
 
 BATCHES = [torch.randint(2, 98, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(3)]
 FLAGS = ["--samples", "4", "--seq-len", "16"]
@@ -23,11 +24,7 @@ FLAGS = ["--samples", "4", "--seq-len", "16"]
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rank")
-    save_zoo_checkpoint("nemotron_h-hybrid", root / "model")
-    (root / "text.txt").write_text(
-        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
-    )
+    root = write_calibration(tmp_path_factory.mktemp("rank"))
     assert (
         main(
             [

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import write_calibration
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
@@ -22,12 +23,7 @@ BATCHES = [torch.randint(2, 98, (2, 24), generator=torch.Generator().manual_seed
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("select")
-    save_zoo_checkpoint("nemotron_h-hybrid", root / "model")
-    (root / "text.txt").write_text(
-        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
-    )
-    return root
+    return write_calibration(tmp_path_factory.mktemp("select"))
 
 
 def test_windows_to_score():
