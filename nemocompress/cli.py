@@ -13,12 +13,8 @@ from .distill.losses import intermediate_loss_names, kd_loss_names
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
-from .importance.options import (
-    CALIBRATION_DTYPES,
-    LAYER_SELECTIONS,
-    RANKINGS,
-    ImportanceOptions,
-)
+from .importance.options import CALIBRATION_DTYPES, LAYER_SELECTIONS, ImportanceOptions
+from .importance.rankings import RANKINGS
 from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 
@@ -72,6 +68,7 @@ def _importance(args) -> None:
         tuple(args.block_size),
         args.overwrite,
         resume=args.resume,
+        layers=not args.no_layers,
     )
     print(result.table())
     if result.plots:
@@ -230,7 +227,7 @@ def _ranking_flags(p, data_required: bool = False) -> None:
         "--layer-metric",
         default="nmse",
         type=lambda name: name.replace("-", "_"),
-        choices=LAYER_METRICS,
+        choices=list(LAYER_METRICS),
         metavar="{" + ",".join(m.replace("_", "-") for m in LAYER_METRICS) + "}",
         help="layer importance (default nmse; kl and lm-loss run the LM head once per layer)",
     )
@@ -263,9 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("importance", help="activation importance of every unit and layer, saved for reuse")
     p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
     p.add_argument("-o", "--output", required=True, help="scores directory (written atomically)")
-    p.add_argument("--importance", default=None, choices=RANKINGS, help="ranking shown in the summary")
+    p.add_argument("--importance", default=None, choices=list(RANKINGS), help="ranking shown in the summary")
     p.add_argument(
         "--block-size", type=int, nargs="+", default=[1], help="layer windows to score (default 1)"
+    )
+    p.add_argument(
+        "--no-layers",
+        action="store_true",
+        help="skip layer scoring (most of the run's time) for width-only pruning",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores directory")
     p.add_argument(
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance",
         default=None,
-        choices=RANKINGS,
+        choices=list(RANKINGS),
         help="unit ranking (default: activation with --scores/--data, else magnitude)",
     )
     p.add_argument("--scores", default=None, help="scores directory from `nemocompress importance`")
