@@ -217,7 +217,8 @@ class PruneResult:
             )
         ]
         ratio = a.memory_bytes / b.memory_bytes
-        rows.append(["memory", human(b.memory_bytes, "B"), human(a.memory_bytes, "B"), f"{ratio:.3f}x"])
+        memory = f"memory (bf16, {b.batch_size} x {b.context_length} tokens)"
+        rows.append([memory, human(b.memory_bytes, "B"), human(a.memory_bytes, "B"), f"{ratio:.3f}x"])
         return format_table(rows, ["", "before", "after", "ratio"])
 
 
@@ -277,10 +278,8 @@ def prune(
     rescore = found.unit_scores if found.ranking.restricts else None
     plan = plan_from_targets(config, targets, unit, rescore=rescore)
     slice_checkpoint(model_dir, plan, output_dir, overwrite=overwrite, progress=progress)
-    dtype = getattr(config, "dtype", None) or torch.bfloat16
-    dtype = dtype if isinstance(dtype, torch.dtype) else _dtype(str(dtype))
-    before = model_cost(config, context_length, batch_size, dtype)
-    after = model_cost(plan.apply_config(config), context_length, batch_size, dtype)
+    before = model_cost(config, context_length, batch_size, torch.bfloat16)  # as `info` and `eval` estimate
+    after = model_cost(plan.apply_config(config), context_length, batch_size, torch.bfloat16)
     return PruneResult(plan, before, after, Path(output_dir))
 
 
