@@ -16,12 +16,8 @@ from .arch import SCORE_CHOICES
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
-from .importance.options import (
-    CALIBRATION_DTYPES,
-    LAYER_SELECTIONS,
-    RANKINGS,
-    ImportanceOptions,
-)
+from .importance.options import CALIBRATION_DTYPES, LAYER_SELECTIONS, ImportanceOptions
+from .importance.rankings import RANKINGS
 from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 # Flags built from a function's keyword defaults: parameter -> metadata, as on the option dataclasses' fields
@@ -197,6 +193,7 @@ def _importance(args) -> None:
         tuple(args.block_size),
         args.overwrite,
         resume=args.resume,
+        layers=not args.no_layers,
     )
     print(result.table())
     if result.plots:
@@ -310,7 +307,7 @@ def _ranking_flags(p, data_required: bool = False) -> None:
         "--layer-metric",
         default="nmse",
         type=lambda name: name.replace("-", "_"),
-        choices=LAYER_METRICS,
+        choices=list(LAYER_METRICS),
         metavar="{" + ",".join(m.replace("_", "-") for m in LAYER_METRICS) + "}",
         help="layer importance (default nmse; kl and lm-loss run the LM head once per layer)",
     )
@@ -336,9 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("importance", help="activation importance of every unit and layer, saved for reuse")
     p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
     p.add_argument("-o", "--output", required=True, help="scores directory (written atomically)")
-    p.add_argument("--importance", default=None, choices=RANKINGS, help="ranking shown in the summary")
+    p.add_argument("--importance", default=None, choices=list(RANKINGS), help="ranking shown in the summary")
     p.add_argument(
         "--block-size", type=int, nargs="+", default=[1], help="layer windows to score (default 1)"
+    )
+    p.add_argument(
+        "--no-layers",
+        action="store_true",
+        help="skip layer scoring (most of the run's time) for width-only pruning",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores directory")
     p.add_argument(
@@ -356,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance",
         default=None,
-        choices=RANKINGS,
+        choices=list(RANKINGS),
         help="unit ranking (default: activation with --scores/--data, else magnitude)",
     )
     p.add_argument("--scores", default=None, help="scores directory from `nemocompress importance`")
