@@ -9,19 +9,16 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from . import __version__, api
 from .arch import SCORE_CHOICES
 from .errors import NemocompressError
-from .importance.activation import SEQ_AGGREGATIONS
-from .importance.depth import LAYER_METRICS
-from .importance.options import CALIBRATION_DTYPES, LAYER_SELECTIONS, ImportanceOptions
+from .importance.options import ImportanceOptions
 from .importance.rankings import RANKINGS
-from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 # Flags built from a function's keyword defaults: parameter -> metadata, as on the option dataclasses' fields
-# (``help``; where needed ``flags``, ``dest``, ``choices``, ``default_help``, ``deprecated`` old spellings).
+# (``help``; where needed ``flags``, ``dest``, ``choices``, ``dashed``, ``default_help``, ``deprecated``).
 _MEMORY = {
     "context_length": {"help": "tokens per sequence for the memory estimate"},
     "batch_size": {
@@ -110,8 +107,11 @@ def _add_flag(p, name: str, default, annotation, meta: Mapping, parse_default: b
         flags = meta.get("flags", (f"--no-{dash}",) if default else (f"--{dash}",))
     else:
         choices = meta.get("choices")
-        kwargs |= {"type": meta.get("type", None if kind is str else kind), "metavar": meta.get("metavar")}
-        kwargs["choices"] = choices() if callable(choices) else choices
+        choices = None if choices is None else list(choices() if callable(choices) else choices)
+        kwargs |= {"type": None if kind is str else kind, "choices": choices}
+        if meta.get("dashed"):  # shown and typed with dashes, stored with underscores
+            kwargs["type"] = lambda value: value.replace("-", "_")
+            kwargs["metavar"] = "{" + ",".join(c.replace("_", "-") for c in choices) + "}"
         flags = meta.get("flags", (f"--{dash}",))
         shown = meta.get("default_help", default)
         if shown is not None and not required:
@@ -124,12 +124,24 @@ def _add_flag(p, name: str, default, annotation, meta: Mapping, parse_default: b
         )  # fmt: skip
 
 
-def _dataclass_flags(p, cls, parse_default: bool = True, only: Callable[[str], bool] = lambda name: True):
-    """A flag for every field of option dataclass ``cls`` with ``help`` metadata (and ``only(name)``)."""
+def _cli_fields(cls) -> list[dataclasses.Field]:
+    """The fields of option dataclass ``cls`` that are command-line flags (those with ``help`` metadata)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _dataclass_flags(p, cls, parse_default: bool = True, aliases: Mapping[str, tuple] | None = None) -> None:
+    """A flag for every command-line field of ``cls``; ``aliases``: field -> extra spellings, shown first."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if "help" in f.metadata and only(f.name):
-            _add_flag(p, f.name, f.default, hints[f.name], f.metadata, parse_default)
+    for f in _cli_fields(cls):
+        meta = dict(f.metadata)
+        if f.name in (aliases or {}):
+            meta["flags"] = (*aliases[f.name], *meta.get("flags", (f"--{f.name.replace('_', '-')}",)))
+        _add_flag(p, f.name, f.default, hints[f.name], meta, parse_default)
+
+
+def _dataclass_values(args, cls) -> dict:
+    """The parsed values of ``cls``'s command-line fields, by field name."""
+    return {f.name: getattr(args, f.name) for f in _cli_fields(cls)}
 
 
 def _signature_flags(p, func, specs: Mapping[str, Mapping]) -> None:
@@ -152,21 +164,9 @@ def _options(args) -> ImportanceOptions:
     ranking = args.importance or (
         "activation" if (getattr(args, "scores", None) or args.data) else "magnitude"
     )
-    return ImportanceOptions(
-        ranking=ranking,
-        seq_agg=args.seq_agg,
-        batch_agg=args.batch_agg,
-        sources={} if args.mamba_source is None else {"mamba": args.mamba_source},
-        expert_metric=args.expert_metric,
-        layer_metric=args.layer_metric,
-        layer_selection=args.layer_selection,
-        samples=args.samples,
-        seq_len=args.seq_len,
-        batch_size=args.calib_batch_size,
-        seed=args.seed,
-        dtype=args.calib_dtype,
-        device=args.calib_device,
-    )
+    chosen = {group: getattr(args, f"{group}_source") for group in SCORE_CHOICES}
+    sources = {group: variant for group, variant in chosen.items() if variant is not None}
+    return ImportanceOptions(ranking=ranking, sources=sources, **_dataclass_values(args, ImportanceOptions))
 
 
 def _prune(args) -> None:
@@ -260,64 +260,20 @@ def _distill_flags(p) -> None:
 
 
 def _ranking_flags(p, data_required: bool = False) -> None:
-    """Calibration and ranking flags (``prune`` keeps ``--batch-size`` for its memory estimate)."""
+    """Calibration and ranking flags: ImportanceOptions' fields, and a score-site choice per group."""
     p.add_argument(
         "--data", required=data_required, help="calibration text: file, folder or .jsonl (train split used)"
     )
-    p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
-
-    def flags(name):  # `importance` has no memory estimate, so it also takes the short names
-        return (f"--{name}", f"--calib-{name}") if data_required else (f"--calib-{name}",)
-
-    p.add_argument(
-        *flags("batch-size"),
-        dest="calib_batch_size",
-        type=int,
-        default=4,
-        help="samples per forward (default 4)",
-    )
-    p.add_argument(
-        *flags("dtype"),
-        dest="calib_dtype",
-        default="float32",
-        choices=CALIBRATION_DTYPES,
-        help="the model's dtype while calibrating (default float32)",
-    )
-    p.add_argument(
-        *flags("device"),
-        dest="calib_device",
-        default=None,
-        help="device to calibrate on, e.g. cuda:0 (default: this process's GPU if any, else cpu)",
-    )
-    p.add_argument(
-        "--seq-agg", default="mean", choices=SEQ_AGGREGATIONS, help="over the sequence (default mean)"
-    )
-    p.add_argument("--batch-agg", default="l2", choices=BATCH_AGGREGATIONS, help="over samples (default l2)")
-    p.add_argument(
-        "--mamba-source",
-        default=None,
-        choices=SCORE_CHOICES["mamba"],
-        help=f"Mamba activation to score (default {SCORE_CHOICES['mamba'][0]})",
-    )
-    p.add_argument(
-        "--expert-metric", default="reap", choices=EXPERT_METRICS, help="MoE expert score (default reap)"
-    )
-    p.add_argument(
-        "--layer-metric",
-        default="nmse",
-        type=lambda name: name.replace("-", "_"),
-        choices=list(LAYER_METRICS),
-        metavar="{" + ",".join(m.replace("_", "-") for m in LAYER_METRICS) + "}",
-        help="layer importance (default nmse; kl and lm-loss run the LM head once per layer)",
-    )
-    p.add_argument(
-        "--layer-selection",
-        default="individual",
-        choices=LAYER_SELECTIONS,
-        help="which layers num_layers drops",
-    )
-    p.add_argument("--seed", type=int, default=0, help="data shuffling and --importance random")
+    # `importance` has no memory estimate, so its calibration batch, dtype and device also take short names
+    short = {name: (f"--{name.replace('_', '-')}",) for name in ("batch_size", "dtype", "device")}
+    _dataclass_flags(p, ImportanceOptions, aliases=short if data_required else {})
+    for group, variants in SCORE_CHOICES.items():
+        p.add_argument(
+            f"--{group}-source",
+            default=None,
+            choices=variants,
+            help=f"which {group} activation scores its units (default {variants[0]})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

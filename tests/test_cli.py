@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from nemocompress import api, cli, distill
 from nemocompress.cli import build_parser, main
 from nemocompress.distill import DistillConfig
+from nemocompress.importance.options import ImportanceOptions
 from nemocompress.prune.slice import PLAN_FILE
 from nemocompress.zoo import zoo_model
 
@@ -173,6 +174,27 @@ def test_distill_flags_are_the_dataclass_fields_with_their_defaults():
     assert (changed.fused_head, changed.kd_loss, changed.warmup_steps) == (False, "jsd", 3)
 
 
+@pytest.mark.parametrize("command", ["importance", "prune"])
+def test_calibration_flags_are_the_importance_options_fields_with_their_defaults(command):
+    argv = [command, "m", "-o", "o", "--data", "d"] + (
+        ["--export-config", "{}"] if command == "prune" else []
+    )
+    args = build_parser().parse_args(argv)
+    fields = _cli_fields(ImportanceOptions)
+    assert {f.name for f in fields} >= {"samples", "seq_len", "batch_size", "dtype", "device", "layer_metric"}
+    for f in fields:
+        assert getattr(args, f.name) == f.default, f.name
+    assert cli._options(args) == ImportanceOptions()  # --data given: the activation ranking
+    (short,) = [a.dest for a in _subparsers()[command]._actions if "--batch-size" in a.option_strings]
+    assert short == ("batch_size" if command == "importance" else "memory_batch_size")  # prune's: deprecated
+    changed = build_parser().parse_args([*argv, "--layer-metric", "lm-loss", "--mamba-source", "z", "--calib-dtype",
+                                         "bfloat16", "--calib-batch-size", "2"])  # fmt: skip
+    options = cli._options(changed)
+    assert (options.layer_metric, options.sources, options.dtype, options.batch_size) == (
+        "lm_loss", {"mamba": "z"}, "bfloat16", 2
+    )  # fmt: skip
+
+
 def test_help_states_each_default_once_and_truly():
     checked = 0
     for name, parser in _subparsers().items():
@@ -198,7 +220,7 @@ def test_memory_batch_size_and_its_deprecated_alias(checkpoint, capsys):
     assert old.out == new.out
     assert old.err.strip() == "warning: --batch-size is deprecated here, use --memory-batch-size"
     args = build_parser().parse_args(["prune", "m", "-o", "o", "--export-config", "{}", "--batch-size", "3"])
-    assert args.memory_batch_size == 3 and args.calib_batch_size == 4
+    assert args.memory_batch_size == 3 and args.batch_size == ImportanceOptions().batch_size
     assert "warning: --batch-size is deprecated" in capsys.readouterr().err
     for command in ("info", "prune"):
         assert "--batch-size" not in _subparsers()[command].format_help()
