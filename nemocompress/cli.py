@@ -18,7 +18,8 @@ from .importance.options import ImportanceOptions
 from .importance.rankings import RANKINGS
 
 # Flags built from a function's keyword defaults: parameter -> metadata, as on the option dataclasses' fields
-# (``help``; where needed ``flags``, ``dest``, ``choices``, ``dashed``, ``default_help``, ``deprecated``).
+# (``help``; where needed ``flags``, ``aliases``, ``dest``, ``choices``, ``dashed``, ``default_help``, and
+# ``deprecated`` old spellings, which still work and warn).
 _MEMORY = {
     "context_length": {"help": "tokens per sequence for the memory estimate"},
     "batch_size": {
@@ -116,6 +117,7 @@ def _add_flag(p, name: str, default, annotation, meta: Mapping, parse_default: b
         shown = meta.get("default_help", default)
         if shown is not None and not required:
             text = f"{text} (default {shown})"
+    flags = (*meta.get("aliases", ()), *flags)
     p.add_argument(*flags, dest=dest, help=text.replace("%", "%%"), **kwargs)
     for old in meta.get("deprecated", ()):
         p.add_argument(
@@ -133,9 +135,7 @@ def _dataclass_flags(p, cls, parse_default: bool = True, aliases: Mapping[str, t
     """A flag for every command-line field of ``cls``; ``aliases``: field -> extra spellings, shown first."""
     hints = typing.get_type_hints(cls)
     for f in _cli_fields(cls):
-        meta = dict(f.metadata)
-        if f.name in (aliases or {}):
-            meta["flags"] = (*aliases[f.name], *meta.get("flags", (f"--{f.name.replace('_', '-')}",)))
+        meta = {**f.metadata, "aliases": (aliases or {}).get(f.name, ())}
         _add_flag(p, f.name, f.default, hints[f.name], meta, parse_default)
 
 
@@ -236,7 +236,7 @@ def _zoo(args) -> None:
 
 
 def _distill(args) -> None:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
+    flags = {k: v for k, v in _dataclass_values(args, api.DistillConfig).items() if v is not None}
     config = (
         api.DistillConfig.from_yaml(args.config, **flags)
         if args.config
