@@ -19,6 +19,7 @@ from .arch import Axis, get_adapter
 from .checkpoint import atomic_output_dir, check_output_dir, list_tensors, load_config
 from .data import build_samples
 from .demo import DEMO_EXPORT, DemoResult, demo
+from .distill import DistillConfig, DistillResult, TeacherCacheResult, cache_teacher, distill  # the commands
 from .distill.models import load_causal_lm, load_tokenizer, vocabulary
 from .errors import PlanError, UnsupportedModelError
 from .eval_report import (
@@ -64,6 +65,11 @@ __all__ = [
     "parse_tolerances",
     "parse_export_config",
     "ImportanceOptions",
+    "DistillConfig",
+    "DistillResult",
+    "distill",
+    "TeacherCacheResult",
+    "cache_teacher",
 ]
 
 

@@ -3,44 +3,170 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import sys
+import types
+import typing
+from collections.abc import Mapping
 
 from . import __version__, api
 from .arch import SCORE_CHOICES
-from .distill import DistillConfig, cache_teacher, distill
-from .distill.losses import intermediate_loss_names, kd_loss_names
 from .errors import NemocompressError
-from .importance.activation import SEQ_AGGREGATIONS
-from .importance.depth import LAYER_METRICS
-from .importance.options import CALIBRATION_DTYPES, LAYER_SELECTIONS, ImportanceOptions
+from .importance.options import ImportanceOptions
 from .importance.rankings import RANKINGS
-from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
+
+# Flags built from a function's keyword defaults: parameter -> metadata, as on the option dataclasses' fields
+# (``help``; where needed ``flags``, ``aliases``, ``dest``, ``choices``, ``dashed``, ``default_help``, and
+# ``deprecated`` old spellings, which still work and warn).
+_MEMORY = {
+    "context_length": {"help": "tokens per sequence for the memory estimate"},
+    "batch_size": {
+        "help": "sequences for the memory estimate",
+        "flags": ("--memory-batch-size",),
+        "dest": "memory_batch_size",
+        "deprecated": ("--batch-size",),
+    },
+}
+_INFO = {**_MEMORY, "dtype": {"help": "dtype for the memory estimate"}}
+_EVAL = {
+    "samples": {"help": "held-out samples, at most"},
+    "seq_len": {"help": "tokens per sample"},
+    "heldout_fraction": {"help": "share of documents held out"},
+    "seed": {"help": "data split and packing"},
+    "batch_size": {"help": "samples per forward"},
+    "context_length": {"help": "tokens per sequence for the memory estimate"},
+    "dtype": {"help": "the model's dtype while evaluating"},
+    "device": {"help": "e.g. cuda:0", "default_help": "cuda if available, else cpu"},
+    "generation_tokens": {"help": "greedy tokens timed with the cache"},
+}
+_GATE = {"max_regression": {"help": "relative tolerance of loss, bpb, kl and top-1"}}
+_CACHE_TEACHER = {
+    "teacher": {"help": "teacher checkpoint directory", "flags": ("--teacher",)},
+    "data": {"help": "text file, folder or .jsonl", "flags": ("--data",)},
+    "output_dir": {"help": "cache directory (written atomically)", "flags": ("-o", "--output")},
+    "seq_len": {"help": "tokens per sequence"},
+    "num_samples": {"help": "train sequences to cache", "flags": ("--samples",), "default_help": "all"},
+    "top_k": {"help": "logits kept per token"},
+    "batch_size": {"help": "sequences per teacher forward"},
+    "eval_samples": {"help": "held-out sequences"},
+    "heldout_fraction": {"help": "share of documents held out (as distill's)"},
+    "seed": {"help": "data split and packing"},
+    "values_dtype": {
+        "help": "dtype of the stored logit values",
+        "choices": ("float32", "bfloat16", "float16"),
+    },
+    "overwrite": {"help": "replace an existing cache"},
+}
+_DEMO = {
+    "samples": {"help": "held-out samples to score"},
+    "seq_len": {"help": "tokens per sample"},
+}
+_ZOO = {
+    "seed": {"help": "weights and text seed"},
+    "text": {"help": "also write the deterministic zoo text corpus to this file"},
+    "overwrite": {"help": "replace an existing output directory"},
+}
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: sets the same value and prints a one-line deprecation warning."""
+
+    def __init__(self, option_strings, dest, use: str, **kwargs):
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated here, use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _value_type(annotation, default):
+    """bool, int, float or str: the default's type, else the annotation without its None."""
+    if default is not None and default is not inspect.Parameter.empty:
+        return type(default)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation if annotation in (bool, int, float) else str
+
+
+def _add_flag(p, name: str, default, annotation, meta: Mapping, parse_default: bool = True) -> None:
+    """One flag from a field's or parameter's metadata; its default (the one help shows) is ``default``.
+
+    ``parse_default=False`` parses an unset flag as None (``distill``: the --config file, else the dataclass,
+    then decides). A parameter without a default is a required flag.
+    """
+    kind = _value_type(annotation, default)
+    required = default is inspect.Parameter.empty
+    dash = name.replace("_", "-")
+    dest = meta.get("dest", name)
+    kwargs = {"default": default if parse_default and not required else None, "required": required}
+    text = meta["help"]
+    if kind is bool:
+        kwargs["action"] = "store_false" if default else "store_true"
+        flags = meta.get("flags", (f"--no-{dash}",) if default else (f"--{dash}",))
+    else:
+        choices = meta.get("choices")
+        choices = None if choices is None else list(choices() if callable(choices) else choices)
+        kwargs |= {"type": None if kind is str else kind, "choices": choices}
+        if meta.get("dashed"):  # shown and typed with dashes, stored with underscores
+            kwargs["type"] = lambda value: value.replace("-", "_")
+            kwargs["metavar"] = "{" + ",".join(c.replace("_", "-") for c in choices) + "}"
+        flags = meta.get("flags", (f"--{dash}",))
+        shown = meta.get("default_help", default)
+        if shown is not None and not required:
+            text = f"{text} (default {shown})"
+    flags = (*meta.get("aliases", ()), *flags)
+    p.add_argument(*flags, dest=dest, help=text.replace("%", "%%"), **kwargs)
+    for old in meta.get("deprecated", ()):
+        p.add_argument(
+            old, dest=dest, type=kwargs.get("type"), action=_DeprecatedAlias, use=flags[-1],
+            default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+        )  # fmt: skip
+
+
+def _cli_fields(cls) -> list[dataclasses.Field]:
+    """The fields of option dataclass ``cls`` that are command-line flags (those with ``help`` metadata)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _dataclass_flags(p, cls, parse_default: bool = True, aliases: Mapping[str, tuple] | None = None) -> None:
+    """A flag for every command-line field of ``cls``; ``aliases``: field -> extra spellings, shown first."""
+    hints = typing.get_type_hints(cls)
+    for f in _cli_fields(cls):
+        meta = {**f.metadata, "aliases": (aliases or {}).get(f.name, ())}
+        _add_flag(p, f.name, f.default, hints[f.name], meta, parse_default)
+
+
+def _dataclass_values(args, cls) -> dict:
+    """The parsed values of ``cls``'s command-line fields, by field name."""
+    return {f.name: getattr(args, f.name) for f in _cli_fields(cls)}
+
+
+def _signature_flags(p, func, specs: Mapping[str, Mapping]) -> None:
+    """A flag for every parameter of ``func`` named in ``specs``, defaulting to the parameter's default."""
+    params = inspect.signature(func, eval_str=True).parameters
+    for name, meta in specs.items():
+        _add_flag(p, name, params[name].default, params[name].annotation, meta)
+
+
+def _kwargs(args, specs: Mapping[str, Mapping]) -> dict:
+    """The parsed values of the flags made from ``specs``, by parameter name."""
+    return {name: getattr(args, meta.get("dest", name)) for name, meta in specs.items()}
 
 
 def _info(args) -> None:
-    print(api.info(args.model, args.context_length, args.batch_size, args.dtype).table())
+    print(api.info(args.model, **_kwargs(args, _INFO)).table())
 
 
 def _options(args) -> ImportanceOptions:
     ranking = args.importance or (
         "activation" if (getattr(args, "scores", None) or args.data) else "magnitude"
     )
-    return ImportanceOptions(
-        ranking=ranking,
-        seq_agg=args.seq_agg,
-        batch_agg=args.batch_agg,
-        sources={} if args.mamba_source is None else {"mamba": args.mamba_source},
-        expert_metric=args.expert_metric,
-        layer_metric=args.layer_metric,
-        layer_selection=args.layer_selection,
-        samples=args.samples,
-        seq_len=args.seq_len,
-        batch_size=args.calib_batch_size,
-        seed=args.seed,
-        dtype=args.calib_dtype,
-        device=args.calib_device,
-    )
+    chosen = {group: getattr(args, f"{group}_source") for group in SCORE_CHOICES}
+    sources = {group: variant for group, variant in chosen.items() if variant is not None}
+    return ImportanceOptions(ranking=ranking, sources=sources, **_dataclass_values(args, ImportanceOptions))
 
 
 def _prune(args) -> None:
@@ -52,8 +178,7 @@ def _prune(args) -> None:
         scores=args.scores,
         data=args.data,
         overwrite=args.overwrite,
-        context_length=args.context_length,
-        batch_size=args.batch_size,
+        **_kwargs(args, _MEMORY),
     )
     print(result.table())
     print(f"\nwrote {result.output_dir}")
@@ -77,9 +202,8 @@ def _importance(args) -> None:
 
 
 def _demo(args) -> None:
-    result = api.demo(
-        args.output, args.export_config, args.importance or "activation", args.samples, args.seq_len
-    )
+    ranking = {"ranking": args.importance} if args.importance else {}
+    result = api.demo(args.output, args.export_config, **ranking, **_kwargs(args, _DEMO))
     print(result.table())
     print(f"\npruned checkpoint: {result.prune.output_dir}")
 
@@ -91,16 +215,8 @@ def _eval(args) -> int:
         args.model,
         args.data,
         args.reference,
-        samples=args.samples,
-        seq_len=args.seq_len,
-        heldout_fraction=args.heldout_fraction,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        context_length=args.context_length,
-        dtype=args.dtype,
-        device=args.device,
-        generation_tokens=args.generation_tokens,
         baseline=None if args.force else baseline,
+        **_kwargs(args, _EVAL),
     )
     print(result.table())
     if args.output:
@@ -115,129 +231,49 @@ def _eval(args) -> int:
 
 
 def _zoo(args) -> None:
-    path = api.zoo_checkpoint(args.name, args.output, args.seed, args.text, args.overwrite)
+    path = api.zoo_checkpoint(args.name, args.output, **_kwargs(args, _ZOO))
     print(f"wrote {path}" + (f" and {args.text}" if args.text else ""))
 
 
 def _distill(args) -> None:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
-    config = DistillConfig.from_yaml(args.config, **flags) if args.config else DistillConfig.from_dict(flags)
-    result = distill(config)
+    flags = {k: v for k, v in _dataclass_values(args, api.DistillConfig).items() if v is not None}
+    config = (
+        api.DistillConfig.from_yaml(args.config, **flags)
+        if args.config
+        else api.DistillConfig.from_dict(flags)
+    )
+    result = api.distill(config)
     print(result.table())
     print(f"\nstudent: {result.final_dir}")
 
 
 def _cache_teacher(args) -> None:
-    result = cache_teacher(
-        args.teacher,
-        args.data,
-        args.output,
-        seq_len=args.seq_len,
-        num_samples=args.samples,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        eval_samples=args.eval_samples,
-        seed=args.seed,
-        values_dtype=args.values_dtype,
-        overwrite=args.overwrite,
-    )
+    result = api.cache_teacher(**_kwargs(args, _CACHE_TEACHER))
     print(result.table())
     print(f"\nwrote {result.output_dir}")
 
 
 def _distill_flags(p) -> None:
-    """Every flag defaults to None: unset flags leave the --config file (or DistillConfig) default."""
+    """Every flag parses unset as None: unset flags leave the --config file (or DistillConfig) default."""
     p.add_argument("--config", default=None, help="YAML file with the same keys; flags override it")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint directory")
-    p.add_argument("--student", default=None, help="student checkpoint directory (e.g. a pruned teacher)")
-    p.add_argument("--data", default=None, help="text file, folder or .jsonl (train split trained on)")
-    p.add_argument("-o", "--output", default=None, help="output directory (checkpoints, metrics, final/)")
-    p.add_argument("--teacher-cache", default=None, help="top-k logits from `nemocompress cache-teacher`")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch and process (4)")
-    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4)")
-    p.add_argument("--min-lr", type=float, default=None, help="end of the cosine decay (default 1e-5)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup (default 5%% of steps)")
-    p.add_argument("--kd-loss", default=None, choices=kd_loss_names(), help="logit divergence (default kl)")
-    p.add_argument("--kd-weight", type=float, default=None, help="weight of the KD term (default 1)")
-    p.add_argument("--top-k", type=int, default=None, help="teacher logits kept by topk-kl (default 64)")
-    p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
-    p.add_argument("--ce-weight", type=float, default=None, help="weight of next-token CE (default 0)")
-    p.add_argument(
-        "--intermediate", default=None, choices=intermediate_loss_names(), help="hidden-state loss"
-    )
-    p.add_argument(
-        "--no-fused-head", dest="fused_head", action="store_false", default=None,
-        help="compute full logits instead of fusing the LM heads into the chunked loss",
-    )  # fmt: skip
-    p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default 100)")
-    p.add_argument("--save-every", type=int, default=None, help="checkpoint period (default 100)")
-    p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", default=None, help="delete OUT and start over")
+    _dataclass_flags(p, api.DistillConfig, parse_default=False)
 
 
 def _ranking_flags(p, data_required: bool = False) -> None:
-    """Calibration and ranking flags (``prune`` keeps ``--batch-size`` for its memory estimate)."""
+    """Calibration and ranking flags: ImportanceOptions' fields, and a score-site choice per group."""
     p.add_argument(
         "--data", required=data_required, help="calibration text: file, folder or .jsonl (train split used)"
     )
-    p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
-
-    def flags(name):  # `importance` has no memory estimate, so it also takes the short names
-        return (f"--{name}", f"--calib-{name}") if data_required else (f"--calib-{name}",)
-
-    p.add_argument(
-        *flags("batch-size"),
-        dest="calib_batch_size",
-        type=int,
-        default=4,
-        help="samples per forward (default 4)",
-    )
-    p.add_argument(
-        *flags("dtype"),
-        dest="calib_dtype",
-        default="float32",
-        choices=CALIBRATION_DTYPES,
-        help="the model's dtype while calibrating (default float32)",
-    )
-    p.add_argument(
-        *flags("device"),
-        dest="calib_device",
-        default=None,
-        help="device to calibrate on, e.g. cuda:0 (default: this process's GPU if any, else cpu)",
-    )
-    p.add_argument(
-        "--seq-agg", default="mean", choices=SEQ_AGGREGATIONS, help="over the sequence (default mean)"
-    )
-    p.add_argument("--batch-agg", default="l2", choices=BATCH_AGGREGATIONS, help="over samples (default l2)")
-    p.add_argument(
-        "--mamba-source",
-        default=None,
-        choices=SCORE_CHOICES["mamba"],
-        help=f"Mamba activation to score (default {SCORE_CHOICES['mamba'][0]})",
-    )
-    p.add_argument(
-        "--expert-metric", default="reap", choices=EXPERT_METRICS, help="MoE expert score (default reap)"
-    )
-    p.add_argument(
-        "--layer-metric",
-        default="nmse",
-        type=lambda name: name.replace("-", "_"),
-        choices=list(LAYER_METRICS),
-        metavar="{" + ",".join(m.replace("_", "-") for m in LAYER_METRICS) + "}",
-        help="layer importance (default nmse; kl and lm-loss run the LM head once per layer)",
-    )
-    p.add_argument(
-        "--layer-selection",
-        default="individual",
-        choices=LAYER_SELECTIONS,
-        help="which layers num_layers drops",
-    )
-    p.add_argument("--seed", type=int, default=0, help="data shuffling and --importance random")
+    # `importance` has no memory estimate, so its calibration batch, dtype and device also take short names
+    short = {name: (f"--{name.replace('_', '-')}",) for name in ("batch_size", "dtype", "device")}
+    _dataclass_flags(p, ImportanceOptions, aliases=short if data_required else {})
+    for group, variants in SCORE_CHOICES.items():
+        p.add_argument(
+            f"--{group}-source",
+            default=None,
+            choices=variants,
+            help=f"which {group} activation scores its units (default {variants[0]})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,16 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nemocompress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def costs(p):
-        p.add_argument(
-            "--context-length", type=int, default=4096, help="tokens per sequence for memory (default 4096)"
-        )
-        p.add_argument("--batch-size", type=int, default=1, help="sequences for memory (default 1)")
-
     p = sub.add_parser("info", help="axes, params, active params and memory of a checkpoint")
     p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
-    costs(p)
-    p.add_argument("--dtype", default="bfloat16", help="dtype for memory (default bfloat16)")
+    _signature_flags(p, api.info, _INFO)
     p.set_defaults(func=_info)
 
     p = sub.add_parser("importance", help="activation importance of every unit and layer, saved for reuse")
@@ -291,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", default=None, help="scores directory from `nemocompress importance`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     _ranking_flags(p)
-    costs(p)
+    _signature_flags(p, api.prune, _MEMORY)
     p.set_defaults(func=_prune)
 
     p = sub.add_parser("demo", help="fetch SmolLM2-135M and Shakespeare, prune, compare before/after")
@@ -300,30 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--export-config", default=None, help=f"sizes (default {json.dumps(api.DEMO_EXPORT)})")
     p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default activation)")
-    p.add_argument("--samples", type=int, default=16, help="held-out samples to score (default 16)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
+    _signature_flags(p, api.demo, _DEMO)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("eval", help="held-out loss, bits per byte, KL and top-1 to a reference, throughput")
     p.add_argument("model", help="checkpoint directory (config.json + safetensors + tokenizer)")
     p.add_argument("--data", required=True, help="text file, folder or .jsonl (its held-out split is scored)")
     p.add_argument("--reference", default=None, help="e.g. the unpruned parent (same tokenizer): KL, top-1")
-    p.add_argument("--samples", type=int, default=16, help="held-out samples, at most (default 16)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share held out (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="data split and packing (default 0)")
-    p.add_argument("--batch-size", type=int, default=4, help="samples per forward (default 4)")
-    p.add_argument("--context-length", type=int, default=4096, help="tokens for memory (default 4096)")
-    p.add_argument("--dtype", default="float32", help="the model's dtype while evaluating (default float32)")
-    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: cuda if available, else cpu)")
-    p.add_argument(
-        "--generation-tokens", type=int, default=32, help="greedy tokens timed with the cache (default 32)"
-    )
+    _signature_flags(p, api.eval_model, _EVAL)
     p.add_argument("-o", "--output", default=None, help="write the JSON report here")
     p.add_argument("--baseline", default=None, help="a report to gate on: exit 3 if a metric regressed")
-    p.add_argument(
-        "--max-regression", type=float, default=0.02, help="relative tolerance of loss, bpb, kl, top-1 (0.02)"
-    )
+    _signature_flags(p, api.compare_reports, _GATE)
     p.add_argument(
         "--tolerance",
         action="append",
@@ -338,9 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="write a pinned tiny zoo model (and its text corpus) for tests and CI")
     p.add_argument("name", help="zoo model name (nemocompress.zoo.ZOO), e.g. nemotron_h-hybrid")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory (written atomically)")
-    p.add_argument("--seed", type=int, default=0, help="weights and text seed (default 0)")
-    p.add_argument("--text", default=None, help="also write the deterministic zoo text corpus to this file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    _signature_flags(p, api.zoo_checkpoint, _ZOO)
     p.set_defaults(func=_zoo)
 
     p = sub.add_parser("distill", help="knowledge distillation of a student from a teacher")
@@ -348,19 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_distill)
 
     p = sub.add_parser("cache-teacher", help="run the teacher once and store its top-k logits")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint directory")
-    p.add_argument("--data", required=True, help="text file, folder or .jsonl")
-    p.add_argument("-o", "--output", required=True, help="cache directory (written atomically)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
-    p.add_argument("--samples", type=int, default=None, help="train sequences to cache (default all)")
-    p.add_argument("--top-k", type=int, default=64, help="logits kept per token (default 64)")
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per teacher forward (default 4)")
-    p.add_argument("--eval-samples", type=int, default=16, help="held-out sequences (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="data split and packing (default 0)")
-    p.add_argument(
-        "--values-dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="logit values"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    _signature_flags(p, api.cache_teacher, _CACHE_TEACHER)
     p.set_defaults(func=_cache_teacher)
     return parser
 

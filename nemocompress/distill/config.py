@@ -91,45 +91,80 @@ class DistillConfig:
     applies when both models' trunk and LM head are known (:meth:`~nemocompress.arch.Adapter.trunk`) and
     the KD loss compares full distributions; otherwise, and with ``fused_head=False``
     (``--no-fused-head``), the trainer computes the logits and says once why.
+
+    A field with ``help`` metadata is a command-line flag of ``nemocompress distill`` (built by
+    :mod:`nemocompress.cli` from the metadata: ``help``, and where needed ``flags``, ``choices`` (a tuple or
+    a function returning one), ``default_help`` (words for a None default)); its default lives here only.
+    A bool field that defaults to True is the flag ``--no-NAME``.
     """
 
-    teacher: str | None = None
-    student: str | None = None
-    data: str | None = None
-    output_dir: str | None = None
-    teacher_cache: str | None = None
-    steps: int = 1000
-    seq_len: int = 512
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    warmup_steps: int | None = None
-    weight_decay: float = 0.0
+    teacher: str | None = field(default=None, metadata={"help": "teacher checkpoint directory"})
+    student: str | None = field(
+        default=None, metadata={"help": "student checkpoint directory (e.g. a pruned teacher)"}
+    )
+    data: str | None = field(
+        default=None, metadata={"help": "text file, folder or .jsonl (its train split is trained on)"}
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "output directory (checkpoints, metrics, final/)", "flags": ("-o", "--output")},
+    )
+    teacher_cache: str | None = field(
+        default=None, metadata={"help": "top-k logits from `nemocompress cache-teacher`"}
+    )
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per micro-batch and process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=1e-5, metadata={"help": "end of the cosine decay"})
+    warmup_steps: int | None = field(
+        default=None, metadata={"help": "linear warmup steps", "default_help": "5% of --steps"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float | None = 1.0
-    kd_loss: str = "kl"
-    kd_weight: float = 1.0
-    jsd_beta: float = 0.5
-    top_k: int = 64
-    temperature: float = 1.0
-    ce_weight: float = 0.0
-    intermediate: str | None = None
-    intermediate_weight: float | None = None
+    kd_loss: str = field(default="kl", metadata={"help": "logit divergence", "choices": kd_loss_names})
+    kd_weight: float = field(default=1.0, metadata={"help": "weight of the KD term"})
+    jsd_beta: float = field(default=0.5, metadata={"help": "beta of --kd-loss jsd"})
+    top_k: int = field(default=64, metadata={"help": "teacher logits kept by topk-kl"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature"})
+    ce_weight: float = field(default=0.0, metadata={"help": "weight of the next-token CE term"})
+    intermediate: str | None = field(
+        default=None,
+        metadata={"help": "hidden-state loss", "choices": intermediate_loss_names, "default_help": "none"},
+    )
+    intermediate_weight: float | None = field(
+        default=None,
+        metadata={"help": "weight of the hidden-state loss", "default_help": "dynamic, KD / intermediate"},
+    )
     layer_map: list[tuple[int, int]] | None = None
-    eval_every: int = 100
-    eval_samples: int = 16
-    save_every: int = 100
-    keep_checkpoints: int = 1
-    heldout_fraction: float = 0.1
-    seed: int = 0
-    mixed_precision: str = "auto"
-    shard_teacher: bool = False
-    chunk_size: int | None = None
-    fused_head: bool = True
+    eval_every: int = field(
+        default=100, metadata={"help": "held-out evaluation period in steps, 0: only before and after"}
+    )
+    eval_samples: int = field(default=16, metadata={"help": "held-out sequences evaluated"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint period in steps, 0: none"})
+    keep_checkpoints: int = field(default=1, metadata={"help": "checkpoints kept"})
+    heldout_fraction: float = field(default=0.1, metadata={"help": "share of documents held out"})
+    seed: int = field(default=0, metadata={"help": "data split and order"})
+    mixed_precision: str = field(
+        default="auto",
+        metadata={"help": "auto: bf16 autocast on GPU, float32 on CPU", "choices": MIXED_PRECISIONS},
+    )
+    shard_teacher: bool = field(
+        default=False, metadata={"help": "under FSDP, shard the teacher like the student"}
+    )
+    chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "tokens per chunk of the KD loss", "default_help": "chosen by the loss"},
+    )
+    fused_head: bool = field(
+        default=True,
+        metadata={"help": "compute full logits instead of fusing the LM heads into the chunked loss"},
+    )
     trackers: list[str] = field(default_factory=list)
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in -o"})
+    overwrite: bool = field(default=False, metadata={"help": "delete the output directory and start over"})
+    progress: bool = field(default=True, metadata={"help": "no progress bar"})
     version: int = CONFIG_VERSION
 
     def __post_init__(self):

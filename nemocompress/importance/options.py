@@ -41,21 +41,54 @@ class ImportanceOptions:
     dtype / device: what the model runs in while calibrating: ``float32`` (default), ``bfloat16`` or
         ``float16``; a torch device (default: accelerate's, i.e. this process's GPU under a multi-GPU launch,
         else the CPU). Statistics are accumulated in float32/float64 either way.
+
+    A field with ``help`` metadata is a calibration flag of ``nemocompress importance`` and ``prune`` (built
+    by :mod:`nemocompress.cli`, as :class:`~nemocompress.distill.DistillConfig`'s; ``choices`` may be a
+    registry, read when the parser is built; ``dashed``: choices spelled with dashes on the command line);
+    its default lives here only. ``ranking`` and ``sources`` have per-command flags (``--importance``,
+    ``--mamba-source``).
     """
 
     ranking: str = "activation"
-    seq_agg: str = "mean"
-    batch_agg: str = "l2"
+    seq_agg: str = field(default="mean", metadata={"help": "over the sequence", "choices": SEQ_AGGREGATIONS})
+    batch_agg: str = field(default="l2", metadata={"help": "over samples", "choices": BATCH_AGGREGATIONS})
     sources: Mapping[str, str] = field(default_factory=dict)
-    expert_metric: str = "reap"
-    layer_metric: str = "nmse"
-    layer_selection: str = "individual"
-    samples: int = 32
-    seq_len: int = 256
-    batch_size: int = 4
-    seed: int = 0
-    dtype: str = "float32"
-    device: str | None = None
+    expert_metric: str = field(
+        default="reap", metadata={"help": "MoE expert score", "choices": EXPERT_METRICS}
+    )
+    layer_metric: str = field(
+        default="nmse",
+        metadata={
+            "help": "layer importance; kl and lm-loss run the LM head once per layer",
+            "choices": LAYER_METRICS,
+            "dashed": True,
+        },
+    )
+    layer_selection: str = field(
+        default="individual", metadata={"help": "which layers num_layers drops", "choices": LAYER_SELECTIONS}
+    )
+    samples: int = field(default=32, metadata={"help": "calibration samples"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per sample"})
+    batch_size: int = field(
+        default=4, metadata={"help": "calibration samples per forward", "flags": ("--calib-batch-size",)}
+    )
+    seed: int = field(default=0, metadata={"help": "data shuffling and --importance random"})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "the model's dtype while calibrating",
+            "flags": ("--calib-dtype",),
+            "choices": CALIBRATION_DTYPES,
+        },
+    )
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": "device to calibrate on, e.g. cuda:0",
+            "flags": ("--calib-device",),
+            "default_help": "this process's GPU if any, else cpu",
+        },
+    )
 
     def __post_init__(self):
         for name, allowed in (
