@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nemocompress.distill.losses import _CHUNK_ELEMENTS, chunked_kd_loss, chunked_kd_loss_from_hidden, kd_loss
+from nemocompress.distill.losses import CHUNK_ELEMENTS, chunked_kd_loss, chunked_kd_loss_from_hidden, kd_loss
 
 MiB = 2**20
 TRL_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": 0.5}
@@ -214,7 +214,7 @@ def spawn(args: argparse.Namespace, variant: str) -> dict:
 
 
 def print_table(args: argparse.Namespace, results: list[dict], notes: list[str]) -> None:
-    chunk = args.chunk_size or max(1, _CHUNK_ELEMENTS // args.vocab)
+    chunk = args.chunk_size or max(1, CHUNK_ELEMENTS // args.vocab)
     print(
         f"tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} dtype={args.dtype} "
         f"divergence={args.divergence} chunk={chunk} device={args.device} threads={torch.get_num_threads()}"

@@ -17,10 +17,10 @@ from accelerate import PartialState
 from . import __version__
 from .arch import Axis, get_adapter
 from .checkpoint import atomic_output_dir, check_output_dir, list_tensors, load_config
-from .data import build_samples, calibration_samples
+from .data import build_samples
 from .demo import DEMO_EXPORT, DemoResult, demo
 from .distill.models import load_causal_lm, load_tokenizer, vocabulary
-from .errors import OutputError, PlanError, UnsupportedModelError
+from .errors import PlanError, UnsupportedModelError
 from .eval_report import (
     DIRECTIONS,
     REPORT_FORMAT,
@@ -31,13 +31,13 @@ from .eval_report import (
     parse_tolerances,
 )
 from .evaluate import EvalError, evaluate
-from .importance.artifact import ImportanceArtifact, ScoresError, describe_run
-from .importance.calibrate import CalibrationCheckpoint, calibrate
-from .importance.depth import CHEAP_METRICS, finalize_layer_scores, iterative_layer_ranking
+from .importance.artifact import ImportanceArtifact, describe_run
+from .importance.calibrate import CalibrationCheckpoint, calibrate, load_model_and_samples
+from .importance.depth import default_layer_metrics
 from .importance.options import ImportanceOptions
-from .importance.report import layer_table, plot_scores, score_table
-from .importance.scoring import activation_scores, flap_scores
-from .importance.weights import checkpoint_magnitude_scores, random_scores
+from .importance.result import ImportanceResult
+from .importance.selection import select_layers, windows_to_score
+from .importance.weights import random_scores
 from .prune.cost import Cost, model_cost
 from .prune.minitron import plan_from_targets
 from .prune.plan import Plan
@@ -140,63 +140,6 @@ def parse_export_config(value: str | dict) -> dict[str, int]:
     return parsed
 
 
-@dataclass
-class ImportanceResult:
-    """Scores computed or loaded for a model, ready to rank units and layers."""
-
-    artifact: ImportanceArtifact
-    config: object
-    options: ImportanceOptions
-    plots: list[Path]
-
-    def unit_scores(self, restrict: dict | None = None) -> dict[str, torch.Tensor]:
-        adapter = get_adapter(self.config)
-        sites, stats, o = adapter.score_sites(self.config), self.artifact.stats, self.options
-        if o.ranking == "flap":
-            return flap_scores(sites, stats, o.expert_metric)
-        sources = o.chosen_sources(adapter, self.config)
-        return activation_scores(sites, stats, o.batch_agg, sources, o.expert_metric, restrict)
-
-    def layer_scores(self, window: int = 1) -> dict[str, torch.Tensor]:
-        if window not in self.artifact.layers:
-            raise ScoresError(
-                f"no layer scores for blocks of {window} layers; recompute with `--block-size {window}` "
-                "(or pass --data so they are computed now)"
-            )
-        scores = finalize_layer_scores(self.artifact.layers[window])
-        if self.options.layer_metric not in scores:
-            raise ScoresError(
-                f"these scores have no {self.options.layer_metric!r} layer metric (they have "
-                f"{', '.join(scores)}); recompute them with `--layer-metric {self.options.layer_metric}`"
-            )
-        return scores
-
-    def table(self) -> str:
-        adapter = get_adapter(self.config)
-        units = score_table(self.unit_scores(), adapter.axis_map(self.config))
-        layers = layer_table(self.layer_scores(min(self.artifact.layers)), adapter.layer_kinds(self.config))
-        return f"{units}\n\n{layers}"
-
-
-def _layer_metrics(options: ImportanceOptions) -> tuple[str, ...]:
-    """The cheap layer metrics, and the chosen one when it needs the LM head on every layer."""
-    return tuple(dict.fromkeys((*CHEAP_METRICS, options.layer_metric)))
-
-
-def _model_and_samples(model_dir, data, options: ImportanceOptions):
-    """The model in the options' dtype on their device (default: this process's accelerate device) and
-    calibration samples ``[N, S]`` from the train split of ``data``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    samples, _ = calibration_samples(tokenizer, data, options.samples, options.seq_len, options.seed)
-    device = options.device or str(PartialState().device)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=getattr(torch, options.dtype), device_map={"": device}
-    )
-    return model, samples
-
-
 def importance(
     model_dir: str | Path,
     data: str | Path,
@@ -207,15 +150,19 @@ def importance(
     progress: bool = True,
     resume: bool = False,
     checkpoint_every: float = 60.0,
+    layers: bool = True,
 ) -> ImportanceResult:
     """Calibrate on ``data`` (train split only) and, with ``output_dir``, save the scores and PNG plots there.
 
-    With ``output_dir``, the sums so far are saved every ``checkpoint_every`` seconds beside it
-    (``.NAME.partial``); after an interruption, ``resume`` continues from them (same model, data and
-    settings), ``overwrite`` starts over. The partial sums are deleted once the scores are written.
+    One calibration collects what every built-in ranking needs. ``layers=False`` (or no ``block_sizes``)
+    skips layer scoring, most of the run's time, for width-only pruning. With ``output_dir``, the sums so
+    far are saved every ``checkpoint_every`` seconds beside it (``.NAME.partial``); after an interruption,
+    ``resume`` continues from them (same model, data and settings), ``overwrite`` starts over. The partial
+    sums are deleted once the scores are written.
     """
     config = load_config(model_dir)
     adapter = get_adapter(config)
+    block_sizes = tuple(block_sizes) if layers else ()
     # the sources recorded are those used (defaults filled in), so that leaving one unset or naming its
     # default is the same run for --resume
     settings = {**options.to_dict(), "sources": options.chosen_sources(adapter, config)}
@@ -223,42 +170,24 @@ def importance(
     checkpoint = None
     if output_dir is not None:
         check_output_dir(output_dir, overwrite, inputs=(model_dir,))
-        partial = Path(output_dir).parent / f".{Path(output_dir).name}.partial"
-        if partial.exists() and not resume:
-            if not overwrite:
-                raise OutputError(
-                    f"an interrupted calibration for {output_dir} is saved in {partial}: pass --resume to "
-                    "continue it or --overwrite to start over"
-                )
-            if PartialState().is_main_process:
-                shutil.rmtree(partial)
-            PartialState().wait_for_everyone()
         run = {key: meta[key] for key in ("fingerprint", "data", "settings")}
-        checkpoint = CalibrationCheckpoint(partial, run, checkpoint_every)
-    model, samples = _model_and_samples(model_dir, data, options)
+        checkpoint = CalibrationCheckpoint.beside(output_dir, run, overwrite, resume, checkpoint_every)
+    model, samples = load_model_and_samples(model_dir, data, options)
     artifact = calibrate(
         model,
         adapter,
         samples,
         batch_size=options.batch_size,
         block_sizes=block_sizes,
-        layer_metrics=_layer_metrics(options),
+        layer_metrics=default_layer_metrics(options.layer_metric),
         seq_agg=options.seq_agg,
-        token_moments=options.ranking == "flap",
         progress=progress,
         meta=meta,
         checkpoint=checkpoint,
     )
-    result = ImportanceResult(artifact, config, options, [])
+    result = ImportanceResult(artifact, config, options, model_dir=model_dir, progress=progress)
     if output_dir is not None and PartialState().is_main_process:
-        scores, layers = result.unit_scores(), result.layer_scores(min(block_sizes))
-
-        def add_plots(tmp: Path) -> None:
-            kinds = adapter.layer_kinds(config)
-            written = plot_scores(scores, adapter.axis_map(config), layers, tmp / "plots", kinds)
-            result.plots = [Path(output_dir) / "plots" / p.name for p in written]
-
-        artifact.save(output_dir, overwrite, also=add_plots)
+        result.save(output_dir, overwrite)
         shutil.rmtree(checkpoint.directory, ignore_errors=True)
     return result
 
@@ -268,7 +197,7 @@ def load_importance(
 ):
     """Scores saved by :func:`importance`, checked against the model at ``model_dir``."""
     config = load_config(model_dir)
-    return ImportanceResult(ImportanceArtifact.load(scores_dir, config), config, options, [])
+    return ImportanceResult(ImportanceArtifact.load(scores_dir, config), config, options, model_dir=model_dir)
 
 
 @dataclass
@@ -292,53 +221,20 @@ class PruneResult:
         return format_table(rows, ["", "before", "after", "ratio"])
 
 
-def _activation_plan(
-    config, targets: dict, found: ImportanceResult, layers: torch.Tensor | None = None
-) -> Plan:
-    """Targets -> plan from activation scores, outer units re-scored on the kept inner units.
-
-    ``layers``: a layer ranking that overrides the one from ``found`` (iterative selection).
-    """
-    adapter = get_adapter(config)
-    scores = found.unit_scores()
-    depth = targets.get("num_layers")
-    if depth is not None:
-        scores["layers"] = (
-            layers if layers is not None else _layer_ranking(found, adapter.num_layers(config), depth)
+def _found(model_dir, config, keep: int | None, options, scores, data, progress) -> ImportanceResult:
+    """The statistics the ranking needs: none (weights are read when scoring), saved, or calibrated now."""
+    if not options.needs_data:
+        return ImportanceResult(
+            ImportanceArtifact({}, {}), config, options, model_dir=model_dir, progress=progress
         )
-    if found.options.ranking == "activation":
-        # Units made of inner positions (Mamba heads of head channels) are re-scored on the kept positions;
-        # scores of everything else do not depend on ``restrict`` and stay as they are.
-        first = plan_from_targets(config, targets, scores)
-        scores.update(found.unit_scores(first.kept_tensors()))
-    return plan_from_targets(config, targets, scores)
-
-
-def _layer_ranking(found: ImportanceResult, num_layers: int, keep: int) -> torch.Tensor:
-    """Layer scores whose top ``keep`` are the layers the chosen selection keeps."""
-    o = found.options
-    if o.layer_selection == "contiguous" and keep < num_layers:
-        window = num_layers - keep
-        start = int(found.layer_scores(window)[o.layer_metric].argmin())
-        ranking = torch.ones(num_layers)
-        ranking[start : start + window] = 0
-        return ranking
-    if o.layer_selection == "iterative":
+    if scores is not None:
+        return load_importance(scores, model_dir, options)
+    if data is None:
         raise PlanError(
-            "--layer-selection iterative re-scores the model as it drops layers: pass --data, not --scores"
+            f"--importance {options.ranking} needs --scores DIR or --data PATH (or use magnitude)"
         )
-    return found.layer_scores(1)[o.layer_metric]
-
-
-def _iterative_layers(model_dir, data, options: ImportanceOptions, keep: int, progress: bool) -> torch.Tensor:
-    """Drop the least important layer, re-score, repeat: a ranking whose top ``keep`` are the survivors."""
-    model, samples = _model_and_samples(model_dir, data, options)
-    adapter = get_adapter(model.config)
-    batches = list(samples.split(options.batch_size))
-    kept = iterative_layer_ranking(model, adapter, batches, keep, options.layer_metric)
-    ranking = torch.zeros(adapter.num_layers(model.config))
-    ranking[kept] = 1
-    return ranking
+    windows = windows_to_score(get_adapter(config).num_layers(config), keep, options.layer_selection)
+    return importance(model_dir, data, None, options, windows, progress=progress)
 
 
 def prune(
@@ -373,29 +269,13 @@ def prune(
     list_tensors(model_dir)  # refuse a corrupt checkpoint before any work
     axes = [(a.name, a.size) for a in adapter.axes(config)]
     plan_from_targets(config, targets, random_scores(axes))  # refuse bad targets before any work
-    layers = None
-    if options.needs_data:
-        if scores is not None:
-            found = load_importance(scores, model_dir, options)
-        elif data is not None:
-            window = adapter.num_layers(config) - targets.get("num_layers", adapter.num_layers(config))
-            blocks = () if "num_layers" not in targets else (1,)  # layer scores only when depth is pruned
-            blocks = (1, window) if options.layer_selection == "contiguous" and window > 1 else blocks
-            found = importance(model_dir, data, None, options, blocks, progress=progress)
-            if options.layer_selection == "iterative" and "num_layers" in targets:
-                layers = _iterative_layers(model_dir, data, options, targets["num_layers"], progress)
-        else:
-            raise PlanError(
-                f"--importance {options.ranking} needs --scores DIR or --data PATH (or use magnitude)"
-            )
-        plan = _activation_plan(config, targets, found, layers)
-    else:
-        unit = (
-            checkpoint_magnitude_scores(model_dir, progress)
-            if options.ranking == "magnitude"
-            else random_scores(axes, options.seed)
-        )
-        plan = plan_from_targets(config, targets, unit)
+    keep = targets.get("num_layers")
+    found = _found(model_dir, config, keep, options, scores, data, progress)
+    unit = found.unit_scores()
+    if keep is not None and options.needs_data:  # other rankings score the layers themselves
+        unit["layers"] = select_layers(found, keep, data if scores is None else None)
+    rescore = found.unit_scores if found.ranking.restricts else None
+    plan = plan_from_targets(config, targets, unit, rescore=rescore)
     slice_checkpoint(model_dir, plan, output_dir, overwrite=overwrite, progress=progress)
     dtype = getattr(config, "dtype", None) or torch.bfloat16
     dtype = dtype if isinstance(dtype, torch.dtype) else _dtype(str(dtype))

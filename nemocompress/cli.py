@@ -9,16 +9,12 @@ import sys
 from . import __version__, api
 from .arch import SCORE_CHOICES
 from .distill import DistillConfig, cache_teacher, distill
-from .distill.config import INTERMEDIATE_LOSSES, KD_LOSSES
+from .distill.losses import intermediate_loss_names, kd_loss_names
 from .errors import NemocompressError
 from .importance.activation import SEQ_AGGREGATIONS
 from .importance.depth import LAYER_METRICS
-from .importance.options import (
-    CALIBRATION_DTYPES,
-    LAYER_SELECTIONS,
-    RANKINGS,
-    ImportanceOptions,
-)
+from .importance.options import CALIBRATION_DTYPES, LAYER_SELECTIONS, ImportanceOptions
+from .importance.rankings import RANKINGS
 from .importance.scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
 
@@ -72,6 +68,7 @@ def _importance(args) -> None:
         tuple(args.block_size),
         args.overwrite,
         resume=args.resume,
+        layers=not args.no_layers,
     )
     print(result.table())
     if result.plots:
@@ -163,12 +160,18 @@ def _distill_flags(p) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4)")
     p.add_argument("--min-lr", type=float, default=None, help="end of the cosine decay (default 1e-5)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup (default 5%% of steps)")
-    p.add_argument("--kd-loss", default=None, choices=KD_LOSSES, help="logit divergence (default kl)")
+    p.add_argument("--kd-loss", default=None, choices=kd_loss_names(), help="logit divergence (default kl)")
     p.add_argument("--kd-weight", type=float, default=None, help="weight of the KD term (default 1)")
     p.add_argument("--top-k", type=int, default=None, help="teacher logits kept by topk-kl (default 64)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 1)")
     p.add_argument("--ce-weight", type=float, default=None, help="weight of next-token CE (default 0)")
-    p.add_argument("--intermediate", default=None, choices=INTERMEDIATE_LOSSES, help="hidden-state loss")
+    p.add_argument(
+        "--intermediate", default=None, choices=intermediate_loss_names(), help="hidden-state loss"
+    )
+    p.add_argument(
+        "--no-fused-head", dest="fused_head", action="store_false", default=None,
+        help="compute full logits instead of fusing the LM heads into the chunked loss",
+    )  # fmt: skip
     p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default 100)")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint period (default 100)")
     p.add_argument("--seed", type=int, default=None, help="data split and order (default 0)")
@@ -224,7 +227,7 @@ def _ranking_flags(p, data_required: bool = False) -> None:
         "--layer-metric",
         default="nmse",
         type=lambda name: name.replace("-", "_"),
-        choices=LAYER_METRICS,
+        choices=list(LAYER_METRICS),
         metavar="{" + ",".join(m.replace("_", "-") for m in LAYER_METRICS) + "}",
         help="layer importance (default nmse; kl and lm-loss run the LM head once per layer)",
     )
@@ -257,9 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("importance", help="activation importance of every unit and layer, saved for reuse")
     p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
     p.add_argument("-o", "--output", required=True, help="scores directory (written atomically)")
-    p.add_argument("--importance", default=None, choices=RANKINGS, help="ranking shown in the summary")
+    p.add_argument("--importance", default=None, choices=list(RANKINGS), help="ranking shown in the summary")
     p.add_argument(
         "--block-size", type=int, nargs="+", default=[1], help="layer windows to score (default 1)"
+    )
+    p.add_argument(
+        "--no-layers",
+        action="store_true",
+        help="skip layer scoring (most of the run's time) for width-only pruning",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing scores directory")
     p.add_argument(
@@ -277,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance",
         default=None,
-        choices=RANKINGS,
+        choices=list(RANKINGS),
         help="unit ranking (default: activation with --scores/--data, else magnitude)",
     )
     p.add_argument("--scores", default=None, help="scores directory from `nemocompress importance`")

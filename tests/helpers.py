@@ -63,3 +63,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_calibration(root, name: str = "nemotron_h-hybrid"):
+    """A zoo checkpoint at ``root/model`` and calibration text at ``root/text.txt``; returns ``root``."""
+    from nemocompress.zoo import save_zoo_checkpoint
+
+    save_zoo_checkpoint(name, root / "model")
+    (root / "text.txt").write_text(
+        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
+    )
+    return root

@@ -136,7 +136,7 @@ def select(tensor: torch.Tensor, dims: Mapping[int, Sequence[Segment]], kept: Ke
     for dim, segs in dims.items():
         idx = dim_indices(segs, kept)
         if idx is not None:
-            tensor = tensor.index_select(dim, idx)
+            tensor = tensor.index_select(dim, idx.to(tensor.device))
     return tensor
 
 

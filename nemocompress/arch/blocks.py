@@ -172,11 +172,13 @@ def mamba2_mixer(
     conv_kernel: int,
     conv_bias: bool,
     proj_bias: bool,
+    norm_groups: int | None = None,
 ) -> Block:
     """Mamba-2 mixer, with the slicing arithmetic of METHODS.md section 2.
 
     in_proj rows are [z: I | x: I | B: GN | C: GN | dt: H]; conv1d channels [x | B | C]. Heads and head
-    channels are cut; B, C, n_groups and the state size are never cut.
+    channels are cut; B, C, n_groups and the state size are never cut. ``norm_groups`` is how many groups
+    the installed transformers' gated RMSNorm takes its variance over (``groups`` unless given).
     """
     heads_ax, dim_ax = axis_name(layer, "mamba_heads"), axis_name(layer, "mamba_head_dim")
     inner = heads * head_dim
@@ -208,7 +210,8 @@ def mamba2_mixer(
         site(in_proj, "output", "z", start=0),
         site(out_proj, "input", "out_proj", weight="weight"),
     ]
-    return Block(specs, [MaskSite(f"{prefix}.norm", "gated_rms_norm", (ch,), groups=groups)], scores)
+    norm_site = MaskSite(f"{prefix}.norm", "gated_rms_norm", (ch,), groups=norm_groups or groups)
+    return Block(specs, [norm_site], scores)
 
 
 def fused_experts(

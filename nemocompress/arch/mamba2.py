@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
+
+import transformers
+
 from ..errors import PlanError
 from .base import Adapter, Axis
 from .blocks import (
@@ -16,6 +22,32 @@ from .blocks import (
 )
 
 __all__ = ["Mamba2Adapter"]
+
+
+@functools.cache
+def _gated_norm_is_grouped() -> bool:
+    """Whether the installed transformers' Mamba2 gated RMSNorm takes one variance per group of heads.
+
+    transformers before 5.23 takes one variance over all ``n_groups`` groups at once in its PyTorch path
+    (``MambaRMSNormGated`` has no ``group_size``), unlike mamba-ssm's kernels and transformers >= 5.23.
+    """
+    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+
+    return "group_size" in inspect.signature(MambaRMSNormGated.__init__).parameters
+
+
+@functools.cache
+def _norm_groups(n_groups: int) -> int:
+    """Groups the gated-norm mask takes its variance over: the installed transformers' own, so masked == sliced."""
+    if n_groups == 1 or _gated_norm_is_grouped():
+        return n_groups
+    warnings.warn(
+        f"transformers {transformers.__version__} normalizes Mamba2's gated RMSNorm over all {n_groups} groups at "
+        "once (mamba-ssm's kernels and transformers>=5.23 normalize per group): scores and distillation follow "
+        "the installed version; pip install -U 'transformers>=5.23' to match the checkpoint",
+        stacklevel=3,
+    )
+    return 1
 
 
 class Mamba2Adapter(Adapter):
@@ -58,7 +90,7 @@ class Mamba2Adapter(Adapter):
             block += norm(f"{p}.norm.weight", d, i)
             block += mamba2_mixer(
                 f"{p}.mixer", i, d, config.num_heads, config.head_dim, config.n_groups, config.state_size,
-                config.conv_kernel, config.use_conv_bias, config.use_bias,
+                config.conv_kernel, config.use_conv_bias, config.use_bias, _norm_groups(config.n_groups),
             )  # fmt: skip
         return block
 

@@ -176,9 +176,11 @@ def apply_masks(model: nn.Module, kept: Mapping[str, torch.Tensor], adapter: Ada
                 module.register_forward_hook(_gated_rms_norm_hook(mask, site.groups), with_kwargs=True)
             )
         elif site.how == "input_columns":
-            _parametrize(handle, module, site.param, _LastDimMask(mask))
+            device = getattr(module, site.param).device
+            _parametrize(handle, module, site.param, _LastDimMask(mask.to(device)))
         elif site.how == "router" and site.flavor == "sigmoid_bias":
-            _parametrize(handle, module, "e_score_correction_bias", _ExcludeExperts(mask))
+            device = module.e_score_correction_bias.device
+            _parametrize(handle, module, "e_score_correction_bias", _ExcludeExperts(mask.to(device)))
         elif site.how == "router" and site.flavor == "softmax":
             handle.hooks.append(module.register_forward_hook(_softmax_router_hook(mask)))
         else:

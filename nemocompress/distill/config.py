@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..errors import NemocompressError
+from .losses import intermediate_loss_names, kd_loss_names, kd_loss_spec
 
 __all__ = [
     "CONFIG_VERSION",
@@ -25,15 +26,16 @@ __all__ = [
 ]
 
 CONFIG_VERSION = 1
-KD_LOSSES = ("kl", "rkl", "jsd", "tvd", "topk-kl")
-INTERMEDIATE_LOSSES = ("cosine", "mse")
+# The registered names when this module was imported; the validator reads the registries themselves.
+KD_LOSSES = kd_loss_names()
+INTERMEDIATE_LOSSES = intermediate_loss_names()
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 # Fields that may differ between a run and its resumption: none changes what a step computes (the global
 # batch, batch_size x grad_accum x processes, is checked on its own).
 RESUME_MAY_CHANGE = frozenset(
     {
         "steps", "eval_every", "save_every", "keep_checkpoints", "resume", "overwrite", "progress",
-        "trackers", "version", "batch_size", "grad_accum", "chunk_size",
+        "trackers", "version", "batch_size", "grad_accum", "chunk_size", "fused_head",
     }
 )  # fmt: skip
 
@@ -83,7 +85,12 @@ class DistillConfig:
     CPU. ``shard_teacher``: under FSDP, shard the teacher like the student instead of keeping a full copy
     on every device (accelerate then also saves its shards in each checkpoint). ``trackers``: accelerate
     tracker names (e.g. ``["tensorboard"]``), logged under ``output_dir``. ``chunk_size``: tokens per chunk
-    of the KD loss (None: the loss picks).
+    of the KD loss (None: the loss picks). ``fused_head``: compute KD and CE from both models' final
+    hidden states with the LM heads fused into the chunked loss, so no step holds either model's full
+    ``[tokens, vocab]`` logits (the default; same values as the logits path up to float rounding). It
+    applies when both models' trunk and LM head are known (:meth:`~nemocompress.arch.Adapter.trunk`) and
+    the KD loss compares full distributions; otherwise, and with ``fused_head=False``
+    (``--no-fused-head``), the trainer computes the logits and says once why.
     """
 
     teacher: str | None = None
@@ -118,6 +125,7 @@ class DistillConfig:
     mixed_precision: str = "auto"
     shard_teacher: bool = False
     chunk_size: int | None = None
+    fused_head: bool = True
     trackers: list[str] = field(default_factory=list)
     resume: bool = False
     overwrite: bool = False
@@ -145,10 +153,15 @@ class DistillConfig:
             raise DistillError(
                 "no data: pass --data PATH (text file, folder or .jsonl) or --teacher-cache DIR"
             )
+        try:
+            self.kd_loss = kd_loss_spec(self.kd_loss).name  # an older spelling (alias) becomes the name
+        except (TypeError, ValueError):
+            raise DistillError(
+                f"kd_loss must be one of {', '.join(kd_loss_names())}; got {self.kd_loss!r}"
+            ) from None
         for name, allowed in (
-            ("kd_loss", KD_LOSSES),
             ("mixed_precision", MIXED_PRECISIONS),
-            ("intermediate", (None, *INTERMEDIATE_LOSSES)),
+            ("intermediate", (None, *intermediate_loss_names())),
         ):
             if getattr(self, name) not in allowed:
                 choices = ", ".join(str(a) for a in allowed)
@@ -191,9 +204,11 @@ class DistillConfig:
         if self.kd_weight == 0 and self.ce_weight == 0 and self.intermediate is None:
             raise DistillError("every loss term has weight 0: set kd_weight, ce_weight or intermediate")
         if self.teacher_cache is not None:
-            if self.kd_loss != "topk-kl":
+            if kd_loss_spec(self.kd_loss).teacher != "topk":
+                topk = [n for n in kd_loss_names() if kd_loss_spec(n).teacher == "topk"]
                 raise DistillError(
-                    f"a teacher cache holds top-k logits only, so it needs --kd-loss topk-kl (got {self.kd_loss})"
+                    f"a teacher cache holds top-k logits only, so it needs --kd-loss {' or '.join(topk)} "
+                    f"(got {self.kd_loss})"
                 )
             if self.intermediate is not None:
                 raise DistillError(

@@ -31,24 +31,29 @@ import math
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..arch import Adapter, get_adapter
 from ..checkpoint import atomic_output_dir, check_free_space, check_output_dir, load_config, replace_dir
-from ..errors import OutputError
+from ..errors import OutputError, UnsupportedModelError
 from ..evaluate import evaluate
 from ..report import format_table
 from .batches import DataOrder, distill_samples, fingerprint
 from .config import RESUME_MAY_CHANGE, DistillConfig, DistillError
 from .losses import (
     HiddenStateProjection,
+    chunked_distill_loss_from_hidden,
     chunked_kd_loss,
     cross_entropy_loss,
     dynamic_alpha,
+    kd_loss_spec,
     mapped_hidden_loss,
     topk_forward_kl,
 )
@@ -64,7 +69,6 @@ METRICS = "metrics.jsonl"
 CURVE = "loss_curve.png"
 CONFIG_FILE = "distill_config.yaml"
 STATE_FILE = "trainer_state.json"
-DIVERGENCES = {"kl": "forward_kl", "rkl": "reverse_kl", "jsd": "jsd", "tvd": "tvd"}
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
 
@@ -108,16 +112,28 @@ def lr_at(step: int, config: DistillConfig) -> float:
 class _Trainable(nn.Module):
     """What the optimizer updates: the student and, for intermediate losses, the hidden-state projection."""
 
-    def __init__(self, student: nn.Module, projection: HiddenStateProjection | None) -> None:
+    def __init__(
+        self, student: nn.Module, projection: HiddenStateProjection | None, adapter: Adapter | None = None
+    ) -> None:
         super().__init__()
         self.student = student
         self.projection = projection
+        self.adapter = adapter  # names the student's trunk and LM head, for the fused loss
 
-    def forward(self, input_ids: Tensor, hidden_layers: tuple[int, ...] = ()) -> tuple[Tensor, list[Tensor]]:
-        """``[B, S]`` ids -> ``[B, S, V]`` logits and the projected hidden states of ``hidden_layers``."""
-        out = self.student(input_ids=input_ids, use_cache=False, output_hidden_states=bool(hidden_layers))
+    def forward(
+        self, input_ids: Tensor, hidden_layers: tuple[int, ...] = (), head_loss=None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``[B, S]`` ids -> ``[B, S, V]`` logits and the projected hidden states of ``hidden_layers``.
+
+        With ``head_loss`` the LM head is not run: the result is ``head_loss(last_hidden [B, S, D], lm_head)``
+        instead of the logits (inside forward, so DDP sees the head's weight used).
+        """
+        module = self.student if head_loss is None else self.adapter.trunk(self.student)
+        out = module(input_ids=input_ids, use_cache=False, output_hidden_states=bool(hidden_layers))
         hidden = [self.projection(out.hidden_states[i]) for i in hidden_layers]
-        return out.logits, hidden
+        if head_loss is None:
+            return out.logits, hidden
+        return head_loss(out.last_hidden_state, self.adapter.lm_head(self.student)), hidden
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -205,7 +221,12 @@ def distill(config: DistillConfig) -> DistillResult:
     accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ models, optimizer, accelerate
-    model = _Trainable(student.train(), projection)
+    fused, why_not = _fused_head(
+        config, student, teacher, accelerator.distributed_type == DistributedType.FSDP
+    )
+    if why_not and main:
+        warnings.warn(why_not, stacklevel=2)
+    model = _Trainable(student.train(), projection, fused[0] if fused else None)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
     )
@@ -259,7 +280,9 @@ def distill(config: DistillConfig) -> DistillResult:
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
                 input_ids = train_ids[samples].to(accelerator.device)
                 cached = cache.topk("train", samples, config.top_k) if cache is not None else None
-                terms = _loss_terms(model, teacher, input_ids, cached, config, targets_per_micro, pairs)
+                terms = _loss_terms(
+                    model, teacher, input_ids, cached, config, targets_per_micro, pairs, fused
+                )
                 accelerator.backward(terms[0])
             sums += torch.stack(terms).detach().double()
         means = accelerator.reduce(sums, "sum") / (num_micro * num_proc)  # token means over the global batch
@@ -322,38 +345,41 @@ def _loss_terms(
     config: DistillConfig,
     num_items: float,
     pairs: list[tuple[int, int]],
+    fused: tuple[Adapter, Adapter | None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(loss, kd, ce, intermediate)`` of one micro-batch ``[B, S]``, each a sum over its targets / ``num_items``.
 
     ``num_items`` is the global number of targets divided by (micro-batches x processes): accelerate
     divides each loss by the micro-batch count and DDP averages gradients over processes, so the
-    gradient of a step is exactly that of the token mean over the global batch.
+    gradient of a step is exactly that of the token mean over the global batch. With ``fused``
+    (the student's and, when KD needs it, the teacher's adapter, see :func:`_fused_head`) KD and CE
+    come from the final hidden states through :func:`chunked_distill_loss_from_hidden`, so neither
+    model's ``[B, S, V]`` logits are made.
     """
-    student_logits, student_hidden = model(input_ids, tuple(s for s, _ in pairs))
-    student_logits = student_logits[:, :-1]  # position t predicts token t + 1
-    labels = input_ids[:, 1:]
+    labels = input_ids[:, 1:]  # position t predicts token t + 1
     kd = ce = inter = torch.zeros((), device=input_ids.device)
     teacher_out = None
     if teacher is not None and config.uses_teacher_model:
+        forward = fused[1].trunk(teacher) if fused is not None and fused[1] is not None else teacher
         with torch.no_grad():
-            teacher_out = teacher(input_ids=input_ids, use_cache=False, output_hidden_states=bool(pairs))
-    if config.kd_weight > 0:
-        if config.kd_loss == "topk-kl":
-            if cached is None:
-                top = teacher_out.logits[:, :-1].float().topk(config.top_k, dim=-1)
-                cached = (top.values, top.indices)
-            values, indices = (t.to(input_ids.device) for t in cached)
-            kd = topk_forward_kl(
-                student_logits, values, indices, temperature=config.temperature, num_items=num_items
-            )
-        else:
-            kd = chunked_kd_loss(
-                student_logits, teacher_out.logits[:, :-1], DIVERGENCES[config.kd_loss], beta=config.jsd_beta,
-                temperature=config.temperature, num_items=num_items, chunk_size=config.chunk_size,
-            )  # fmt: skip
-    if config.ce_weight > 0:
-        ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
-    logit_loss = config.kd_weight * kd + config.ce_weight * ce
+            teacher_out = forward(input_ids=input_ids, use_cache=False, output_hidden_states=bool(pairs))
+    hidden_layers = tuple(s for s, _ in pairs)
+    if fused is not None:
+        teacher_head = (
+            (teacher_out.last_hidden_state, fused[1].lm_head(teacher)) if fused[1] is not None else None
+        )
+        head_loss = partial(
+            _fused_logit_loss, teacher=teacher_head, labels=labels, config=config, num_items=num_items
+        )
+        (logit_loss, kd, ce), student_hidden = model(input_ids, hidden_layers, head_loss)
+    else:
+        student_logits, student_hidden = model(input_ids, hidden_layers)
+        student_logits = student_logits[:, :-1]
+        if config.kd_weight > 0:
+            kd = _logit_kd(student_logits, teacher_out, cached, config, num_items)
+        if config.ce_weight > 0:
+            ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
+        logit_loss = config.kd_weight * kd + config.ce_weight * ce
     loss = logit_loss
     if config.intermediate is not None:  # student_hidden[i] is already projected, teacher layer pairs[i][1]
         student_hidden = [h[:, :-1] for h in student_hidden]
@@ -365,6 +391,73 @@ def _loss_terms(
         alpha = config.intermediate_weight
         loss = loss + (dynamic_alpha(logit_loss, inter) if alpha is None else alpha) * inter
     return loss, kd, ce, inter
+
+
+def _logit_kd(student_logits: Tensor, teacher_out, cached, config: DistillConfig, num_items: float) -> Tensor:
+    """The KD term from the student's shifted logits ``[B, S-1, V]`` (the logits path)."""
+    spec = kd_loss_spec(config.kd_loss)
+    if spec.teacher == "topk":
+        if cached is None:
+            top = teacher_out.logits[:, :-1].float().topk(config.top_k, dim=-1)
+            cached = (top.values, top.indices)
+        values, indices = (t.to(student_logits.device) for t in cached)
+        return topk_forward_kl(
+            student_logits, values, indices, temperature=config.temperature, num_items=num_items
+        )
+    return chunked_kd_loss(
+        student_logits, teacher_out.logits[:, :-1], spec.name, temperature=config.temperature,
+        num_items=num_items, chunk_size=config.chunk_size, **spec.settings(config),
+    )  # fmt: skip
+
+
+def _fused_logit_loss(
+    student_hidden: Tensor,
+    student_head: nn.Linear,
+    *,
+    teacher: tuple[Tensor, nn.Linear] | None,
+    labels: Tensor,
+    config: DistillConfig,
+    num_items: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(kd_weight * kd + ce_weight * ce, kd, ce)`` from the last hidden states ``[B, S, D]`` (the fused path)."""
+    kd_weight, teacher_hidden, teacher_weight, teacher_bias = 0.0, None, None, None
+    if teacher is not None:  # else CE only
+        kd_weight, teacher_hidden = config.kd_weight, teacher[0][:, :-1]
+        teacher_weight, teacher_bias = teacher[1].weight, teacher[1].bias
+    result = chunked_distill_loss_from_hidden(
+        student_hidden[:, :-1], student_head.weight, teacher_hidden, teacher_weight, config.kd_loss,
+        student_lm_head_bias=student_head.bias, teacher_lm_head_bias=teacher_bias, kd_weight=kd_weight,
+        ce_weight=config.ce_weight, temperature=config.temperature, labels=labels, num_items=num_items,
+        chunk_size=config.chunk_size, **kd_loss_spec(config.kd_loss).settings(config),
+    )  # fmt: skip
+    return tuple(result)
+
+
+def _fused_head(
+    config: DistillConfig, student: nn.Module, teacher: nn.Module | None, fsdp: bool
+) -> tuple[tuple[Adapter, Adapter | None] | None, str | None]:
+    """``((student adapter, teacher adapter or None), None)`` when KD and CE can fuse the LM heads, else
+    ``(None, why not)`` (``(None, None)`` when not asked for or no logit term is trained)."""
+    if not config.fused_head or (config.kd_weight == 0 and config.ce_weight == 0):
+        return None, None
+    kd = config.kd_weight > 0
+    models = [student, teacher] if kd else [student]
+    reason = None
+    if kd and kd_loss_spec(config.kd_loss).per_token is None:
+        reason = f"--kd-loss {config.kd_loss} reads the teacher's top-k logits, not its full distribution"
+    elif fsdp:
+        reason = "under FSDP the LM heads are sharded"
+    else:
+        try:
+            adapters = [get_adapter(m.config) for m in models]
+        except UnsupportedModelError as e:
+            reason = f"{e}".split(";")[0]
+        else:
+            if not all(isinstance(a.lm_head(m), nn.Linear) for a, m in zip(adapters, models)):
+                reason = "an LM head is not a linear layer"
+    if reason is not None:
+        return None, f"the fused LM-head loss is not used ({reason}): computing full logits instead"
+    return (adapters[0], adapters[1] if kd else None), None
 
 
 def _default_layer_map(student_config, teacher_config) -> list[tuple[int, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +21,30 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from ..arch import Adapter
+from ..data import calibration_samples
+from ..errors import OutputError
 from .activation import CONSTANT_STATS, ActivationCollector
 from .artifact import ImportanceArtifact, ScoresError
-from .depth import CHEAP_METRICS, LayerStats, layer_stats
+from .depth import LayerStats, default_layer_metrics, layer_stats
+from .options import ImportanceOptions
 
-__all__ = ["calibrate", "CalibrationCheckpoint"]
+__all__ = ["calibrate", "CalibrationCheckpoint", "load_model_and_samples"]
+
+
+def load_model_and_samples(
+    model_dir, data, options: ImportanceOptions
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model in the options' dtype on their device (default: this process's accelerate device) and
+    calibration samples ``[N, S]`` from the train split of ``data``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples, _ = calibration_samples(tokenizer, data, options.samples, options.seq_len, options.seed)
+    device = options.device or str(PartialState().device)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, options.dtype), device_map={"": device}
+    )
+    return model, samples
 
 
 def _reduce(stats: dict, state: PartialState) -> dict:
@@ -53,6 +73,27 @@ class CalibrationCheckpoint:
         self.directory, self.run, self.every_s = Path(directory), run, every_s
         self.file = self.directory / f"rank{state.process_index}-of-{state.num_processes}.safetensors"
         self._saved_at = time.monotonic()
+
+    @classmethod
+    def beside(
+        cls, output_dir: str | Path, run: dict, overwrite: bool, resume: bool, every_s: float = 60.0
+    ) -> CalibrationCheckpoint:
+        """The checkpoint of a calibration into ``output_dir``: ``.NAME.partial`` beside it.
+
+        One left by an interrupted run is continued with ``resume``, deleted with ``overwrite``, and
+        refused otherwise.
+        """
+        partial = Path(output_dir).parent / f".{Path(output_dir).name}.partial"
+        if partial.exists() and not resume:
+            if not overwrite:
+                raise OutputError(
+                    f"an interrupted calibration for {output_dir} is saved in {partial}: pass --resume to "
+                    "continue it or --overwrite to start over"
+                )
+            if PartialState().is_main_process:
+                shutil.rmtree(partial)
+            PartialState().wait_for_everyone()
+        return cls(partial, run, every_s)
 
     def load(self) -> tuple[int, ImportanceArtifact]:
         """(batches done, sums so far); nothing done when this process saved nothing yet."""
@@ -90,19 +131,20 @@ def calibrate(
     samples: torch.Tensor,
     batch_size: int = 4,
     block_sizes: Sequence[int] = (1,),
-    layer_metrics: Sequence[str] = CHEAP_METRICS,
+    layer_metrics: Sequence[str] | None = None,
     seq_agg: str = "mean",
-    token_moments: bool = False,
+    token_moments: bool = True,
     progress: bool = True,
     meta: dict | None = None,
     checkpoint: CalibrationCheckpoint | None = None,
 ) -> ImportanceArtifact:
     """Collect everything importance needs from ``samples`` ``[N, S]`` (token ids).
 
-    Returns summed statistics: per score site (for width scores; ``token_moments`` adds what FLAP
-    needs) and per layer window size in ``block_sizes`` (for depth scores, the ``layer_metrics``; the
-    default leaves out ``kl`` and ``lm_loss``, which run the LM head once per layer). With ``checkpoint``,
-    starts from its saved sums and saves them as it goes.
+    Returns summed statistics: per score site (for width scores; with ``token_moments``, the default,
+    everything every built-in ranking needs) and per layer window size in ``block_sizes`` (for depth
+    scores, the ``layer_metrics``; the default, :func:`default_layer_metrics`, leaves out ``kl`` and
+    ``lm_loss``, which run the LM head once per layer; no ``block_sizes``: no layer scores). With
+    ``checkpoint``, starts from its saved sums and saves them as it goes.
     """
     state = PartialState()
     batches = list(samples.split(batch_size))[state.process_index :: state.num_processes]
@@ -142,7 +184,7 @@ def calibrate(
             adapter,
             batches[done - start :],
             window=window,
-            metrics=layer_metrics,
+            metrics=default_layer_metrics() if layer_metrics is None else layer_metrics,
             on_batch=lambda so_far, window=window, prior=prior: step(
                 ImportanceArtifact(sums.stats, {**sums.layers, window: _summed(prior, so_far)})
             ),

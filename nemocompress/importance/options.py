@@ -11,20 +11,21 @@ from ..arch import SCORE_CHOICES, Adapter
 from ..errors import NemocompressError
 from .activation import SEQ_AGGREGATIONS
 from .depth import LAYER_METRICS
+from .rankings import RANKINGS, Ranking
 from .scoring import BATCH_AGGREGATIONS, EXPERT_METRICS
 
-__all__ = ["ImportanceOptions", "RANKINGS", "LAYER_SELECTIONS", "CALIBRATION_DTYPES"]
+__all__ = ["ImportanceOptions", "CALIBRATION_DTYPES", "LAYER_SELECTIONS"]
 
-RANKINGS = ("activation", "flap", "magnitude", "random")
 CALIBRATION_DTYPES = ("float32", "bfloat16", "float16")
-LAYER_SELECTIONS = ("individual", "contiguous", "iterative")
+LAYER_SELECTIONS = ("individual", "contiguous", "iterative")  # see nemocompress.importance.selection
 
 
 @dataclass(frozen=True)
 class ImportanceOptions:
     """How units and layers are ranked.
 
-    ranking: ``activation`` (Minitron, default), ``flap``, ``magnitude`` (weights only), ``random`` (seeded).
+    ranking: a name in ``nemocompress.importance.rankings.RANKINGS``: ``activation`` (Minitron, default),
+        ``flap``, ``magnitude`` (weights only), ``random`` (seeded), or one registered there.
     seq_agg / batch_agg: aggregation of activations over the sequence (``mean`` of |X|, ``l2``) and over
         samples (``l2``, ``mean``, ``var``); Minitron's best was mean then L2.
     sources: for models whose adapter offers alternative score sites, choice group -> variant (see
@@ -32,7 +33,8 @@ class ImportanceOptions:
         which Mamba activation ranks heads and head channels, ``x`` (Minitron-SSM, the default), ``z`` or
         ``out_proj`` (the out_proj input), for ablations.
     expert_metric: ``reap`` (gate-weighted expert output norm), ``frequency`` or ``output_norm``.
-    layer_metric: ``nmse`` (default), ``kl``, ``hidden_mse``, ``cosine`` or ``lm_loss``.
+    layer_metric: a name in ``nemocompress.importance.depth.LAYER_METRICS``: ``nmse`` (default), ``kl``,
+        ``hidden_mse``, ``cosine`` or ``lm_loss``.
     layer_selection: drop the ``individual`` least important layers, the least important ``contiguous``
         block, or ``iterative`` (drop the lowest, re-score, repeat; needs the model and data).
     samples / seq_len / batch_size / seed: calibration data.
@@ -92,8 +94,13 @@ class ImportanceOptions:
                 raise NemocompressError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
     @property
+    def ranking_entry(self) -> Ranking:
+        """The registered :class:`Ranking` named by ``ranking``."""
+        return RANKINGS[self.ranking]
+
+    @property
     def needs_data(self) -> bool:
-        return self.ranking in ("activation", "flap")
+        return self.ranking_entry.needs_data
 
     def chosen_sources(self, adapter: Adapter, config) -> dict[str, str]:
         """Every score-site choice group of this model -> the variant used (``sources``, else the default).

@@ -20,7 +20,6 @@ from .activation import Stats
 __all__ = [
     "BATCH_AGGREGATIONS",
     "EXPERT_METRICS",
-    "METHODS",
     "channel_scores",
     "activation_scores",
     "flap_scores",
@@ -28,7 +27,6 @@ __all__ = [
 
 BATCH_AGGREGATIONS = ("l2", "mean", "var")
 EXPERT_METRICS = ("reap", "frequency", "output_norm")
-METHODS = ("activation", "flap")
 Scores = dict[str, torch.Tensor]
 
 
@@ -133,7 +131,9 @@ def flap_scores(sites: Sequence[ScoreSite], stats: Stats, expert_metric: str = "
             continue  # FLAP scores Mamba from out_proj's input, not from in_proj's branches
         if "n_tok" not in s:
             raise NemocompressError(
-                "these statistics hold no token moments for FLAP; recompute them with --importance flap"
+                "these scores hold no token moments, which FLAP needs (scores saved before `nemocompress "
+                "importance` collected them by default); recompute them with "
+                "`nemocompress importance MODEL --data PATH -o SCORES`, or pass --data instead of --scores"
             )
         n = s["n_tok"].clamp(min=1)
         variance = (s["tok_sumsq"] / n - (s["tok_sum"] / n).pow(2)).clamp(min=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -25,7 +25,11 @@ def top_units(scores: torch.Tensor, count: int, groups: int = 1) -> list[int]:
 
 
 def plan_from_targets(
-    config, targets: Mapping[str, int], scores: Mapping[str, torch.Tensor], group_aware: bool = True
+    config,
+    targets: Mapping[str, int],
+    scores: Mapping[str, torch.Tensor],
+    group_aware: bool = True,
+    rescore: Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None,
 ) -> Plan:
     """Keep the best units of each axis to reach ``targets``.
 
@@ -36,6 +40,9 @@ def plan_from_targets(
         scores: axis name -> [units] importance (higher = keep), e.g. from importance/.
         group_aware: rank units inside their groups (default). ``False`` ranks globally and lets units move
             between groups: the naive baseline of the Minitron-SSM ablation, never what users should get.
+        rescore: for scores of outer units that depend on the kept inner units (Mamba heads scored on the
+            kept head channels): kept indices per axis of a first plan -> scores that replace those given;
+            the plan is then made again from them.
     """
     adapter = get_adapter(config)
     unknown = sorted(set(targets) - set(adapter.export_keys))
@@ -69,4 +76,7 @@ def plan_from_targets(
                     f"{key}={count} is not a multiple of {axis.groups}: {why}; pick a multiple of {axis.groups}"
                 )
             kept[axis.name] = top_units(scores[axis.name], count, axis.groups if group_aware else 1)
-    return make_plan(config, kept, adapter, strict_groups=group_aware)
+    plan = make_plan(config, kept, adapter, strict_groups=group_aware)
+    if rescore is None:
+        return plan
+    return plan_from_targets(config, targets, {**scores, **rescore(plan.kept_tensors())}, group_aware)

@@ -44,7 +44,8 @@ def _layer_map(plan: Plan, adapter: Adapter, config) -> dict[int, int]:
 def slice_model(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
     """A new model holding only what ``plan`` keeps (the input model is not changed).
 
-    Returns a stock transformers model built from the plan's config, in the input's dtype, eval mode.
+    Returns a stock transformers model built from the plan's config, in the input's dtype, on the device of
+    its first parameter, eval mode.
     """
     config = model.config
     adapter = get_adapter(config)
@@ -62,9 +63,9 @@ def slice_model(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
                 continue
             name = adapter.renumber(name, layers[spec.layer])
         state[name] = select(tensor.detach(), spec.dims, kept)
-    dtype = next(model.parameters()).dtype
-    with no_init_weights():  # every parameter is loaded below: skip the random initialization
-        new_model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
+    first = next(model.parameters())
+    with torch.device(first.device), no_init_weights():  # every parameter is loaded below: skip the init
+        new_model = AutoModelForCausalLM.from_config(new_config, dtype=first.dtype)
     new_model.tie_weights()  # skipped with the initialization
     new_model.load_state_dict(state, strict=True)
     return new_model.eval()

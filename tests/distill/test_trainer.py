@@ -123,13 +123,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+@pytest.mark.filterwarnings("ignore:the fused LM-head loss is not used")
 def test_offline_cache_equals_live_topk_and_nan_guard_stops_on_poisoned_batch(assets, tmp_path):
     cached = cache_teacher(assets / "teacher", assets / "data", tmp_path / "cache", seq_len=32, top_k=8,
                            shard_samples=40, eval_samples=16, progress=False)  # fmt: skip
     cache = TeacherCache(cached.output_dir)
     assert cache.num_samples("train") == cached.num_train > 40 and cached.num_heldout == 16
     kw = dict(steps=4, kd_loss="topk-kl", top_k=8, save_every=2, eval_every=0)
-    live = distill(_config(assets, tmp_path / "live", **kw))
+    with pytest.warns(UserWarning, match=r"fused LM-head loss is not used \(--kd-loss topk-kl"):
+        live = distill(_config(assets, tmp_path / "live", **kw))
     offline = distill(
         _config(assets, tmp_path / "offline", teacher=None, data=None, teacher_cache=cache.path, **kw)
     )
@@ -226,7 +228,10 @@ def test_config_yaml_flags_override_and_validation(tmp_path):
         1e-4,
     )
     args = cli.build_parser().parse_args(["distill", "--config", str(path), "--kd-loss", "tvd"])
-    assert args.steps is None and args.kd_loss == "tvd"
+    assert args.steps is None and args.kd_loss == "tvd" and args.fused_head is None
+    no_fused = cli.build_parser().parse_args(["distill", "--config", str(path), "--no-fused-head"])
+    assert DistillConfig.from_yaml(path, fused_head=no_fused.fused_head).fused_head is False
+    assert DistillConfig.from_yaml(path).fused_head is True
     with pytest.raises(DistillError, match="unknown distill setting"):
         DistillConfig.from_dict({"student": "s", "output_dir": "o", "data": "d", "stepz": 3})
     bad = [

@@ -11,12 +11,7 @@ from nemocompress.arch import get_adapter
 from nemocompress.arch.masking import bypass_layers
 from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
-from nemocompress.importance.depth import (
-    LAYER_METRICS,
-    finalize_layer_scores,
-    iterative_layer_ranking,
-    layer_stats,
-)
+from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores, layer_stats
 from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.scoring import activation_scores, flap_scores
 from nemocompress.prune.minitron import plan_from_targets
@@ -370,27 +365,6 @@ def test_bad_calibration_data(calibrated, tmp_path, capsys, content, message):
     assert not (tmp_path / "s").exists()
 
 
-def test_flap_needs_token_moments(calibrated, tmp_path, capsys):
-    flags = ["--samples", "4", "--seq-len", "16"]
-    assert _importance(calibrated, tmp_path / "s", *flags) == 0
-    code = main(
-        [
-            "prune",
-            str(calibrated / "model"),
-            "-o",
-            str(tmp_path / "o"),
-            "--scores",
-            str(tmp_path / "s"),
-            "--importance",
-            "flap",
-            "--export-config",
-            '{"hidden_size": 32}',
-        ]
-    )
-    assert code == 2
-    assert "--importance flap" in capsys.readouterr().err
-
-
 def test_activation_needs_data_or_scores(calibrated, tmp_path, capsys):
     code = main(
         [
@@ -436,17 +410,6 @@ def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path,
     assert _importance(calibrated, tmp_path / "bad", *flags, "--device", "gpu0") == 2
     assert "device must be a torch device" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
-
-
-def test_iterative_layer_selection_drops_one_at_a_time(calibrated, tmp_path):
-    options = api.ImportanceOptions(samples=4, seq_len=16, layer_selection="iterative")
-    model_dir, data = calibrated / "model", calibrated / "text.txt"
-    result = api.prune(model_dir, tmp_path / "o", {"num_layers": 4}, options, data=data, progress=False)
-    kept = result.plan.kept["layers"]
-    assert len(kept) == 4
-    model, samples = api._model_and_samples(model_dir, data, options)
-    batches = list(samples.split(options.batch_size))
-    assert kept == iterative_layer_ranking(model, get_adapter(model.config), batches, 4)
 
 
 def test_mamba_source_flag_is_recorded_as_the_chosen_source(calibrated, tmp_path, capsys):
