@@ -8,10 +8,8 @@ import torch.nn.functional as F
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
-from nemocompress.arch.masking import bypass_layers
 from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
-from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores, layer_stats
 from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.scoring import activation_scores, flap_scores
 from nemocompress.prune.minitron import plan_from_targets
@@ -172,77 +170,6 @@ def test_every_axis_gets_a_score_from_every_method(name):
         flap_scores(adapter.score_sites(model.config), stats),
     ):
         assert {k: len(v) for k, v in scores.items()} == width_axes
-
-
-def _identity_layer(model, name):
-    """Zero the output projections of layer 2, so that the block returns its input."""
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if ".layers.2." in pname and any(k in pname for k in ("down_proj", "o_proj", "out_proj")):
-                param.zero_()
-
-
-@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "llama"])
-def test_layer_metrics_are_zero_for_an_identity_layer(name):
-    model = zoo_model(name)
-    _identity_layer(model, name)
-    scores = finalize_layer_scores(layer_stats(model, get_adapter(model.config), BATCHES))
-    assert set(scores) == set(LAYER_METRICS)
-    for metric, values in scores.items():
-        assert abs(values[2]) < 1e-6, metric
-        assert values.abs().max() > 1e-3, metric
-
-
-def test_window_scores_equal_bypassing_the_window():
-    model = zoo_model("nemotron_h-hybrid")
-    adapter = get_adapter(model.config)
-    nmse = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=2))["nmse"]
-    with torch.no_grad():
-        full = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-        with bypass_layers(model, adapter, [3, 4]):
-            part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-    expected = (full - part).pow(2).sum() / full.pow(2).sum()
-    torch.testing.assert_close(nmse[3], expected, rtol=1e-4, atol=1e-6)
-
-
-class _SoftCapped(torch.nn.Linear):
-    """An LM head whose logits are not a linear map of its input (Gemma-style soft cap)."""
-
-    def forward(self, x):
-        return 3.0 * torch.tanh(super().forward(x) / 3.0)
-
-
-@pytest.mark.parametrize("head", ["linear", "soft-capped"])
-def test_nmse_without_logits_equals_nmse_of_logits(head):
-    """nmse alone skips the LM head per window (d^T W^T W d); it must equal nmse computed on logits."""
-    model = zoo_model("llama")
-    adapter = get_adapter(model.config)
-    if head == "soft-capped":
-        capped = _SoftCapped(model.config.hidden_size, model.config.vocab_size, bias=False)
-        capped.weight = model.lm_head.weight
-        model.lm_head = capped
-    alone = finalize_layer_scores(layer_stats(model, adapter, BATCHES, metrics=("nmse",)))
-    assert set(alone) == {"nmse"}
-    with torch.no_grad():
-        full = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-        for i in range(model.config.num_hidden_layers):
-            with bypass_layers(model, adapter, [i]):
-                part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-            expected = (full - part).pow(2).sum() / full.pow(2).sum()
-            torch.testing.assert_close(alone["nmse"][i], expected, rtol=1e-4, atol=1e-7)
-
-
-def test_layer_metrics_subsets_equal_all_metrics():
-    model = zoo_model("nemotron_h-hybrid")
-    adapter = get_adapter(model.config)
-    every = finalize_layer_scores(layer_stats(model, adapter, BATCHES))
-    for subset in (("kl",), ("hidden_mse", "cosine"), ("lm_loss", "nmse")):
-        some = finalize_layer_scores(layer_stats(model, adapter, BATCHES, metrics=subset))
-        assert set(some) == set(subset)
-        for metric in subset:
-            torch.testing.assert_close(some[metric], every[metric], rtol=1e-5, atol=1e-8)
-    with pytest.raises(ValueError, match="unknown layer metrics"):
-        layer_stats(model, adapter, BATCHES, metrics=("mse",))
 
 
 @pytest.fixture(scope="module")
