@@ -142,11 +142,20 @@ def test_per_expert_linear_equals_one_matmul_per_expert(width):
 
 
 def test_mamba_heads_are_kept_per_group_and_never_move():
+    """Real scores whose global top 4 Mamba heads all lie in group 0 (their x rows made 10x stronger): the plan
+    still keeps the best 2 of each group of 4."""
     model = zoo_model("nemotron_h-hybrid")
+    p, inner = model.config.mamba_head_dim, model.config.mamba_num_heads * model.config.mamba_head_dim
+    with torch.no_grad():
+        model.model.layers[0].mixer.in_proj.weight[inner : inner + 4 * p] *= 10  # x of heads 0-3 (group 0)
     scores, _ = _scores(model)
-    scores["layers.0.mamba_heads"] = torch.tensor([9.0, 8, 7, 6, 0, 0, 0, 1])  # global top-4 all in group 0
+    heads = scores["layers.0.mamba_heads"]
+    assert sorted(heads.topk(4).indices.tolist()) == [0, 1, 2, 3], "the planted heads must lead globally"
     plan = plan_from_targets(model.config, {"mamba_num_heads": 4}, scores)
-    assert plan.kept["layers.0.mamba_heads"] == [0, 1, 6, 7]
+    group0, group1 = heads[:4].topk(2).indices.tolist(), (heads[4:].topk(2).indices + 4).tolist()
+    assert plan.kept["layers.0.mamba_heads"] == sorted(group0 + group1)
+    naive = plan_from_targets(model.config, {"mamba_num_heads": 4}, scores, group_aware=False)
+    assert naive.kept["layers.0.mamba_heads"] == [0, 1, 2, 3]
 
 
 def test_scores_are_deterministic():
@@ -316,8 +325,23 @@ def test_api_importance_without_output_returns_scores(calibrated):
     assert "nmse" in result.layer_scores()
 
 
+def _top_half_overlap(scores: torch.Tensor, reference: torch.Tensor) -> float:
+    """Share of the reference's top half (the units a 50% prune keeps) that ``scores`` also ranks there."""
+    k = max(1, len(reference) // 2)
+    kept = set(scores.topk(k).indices.tolist()) & set(reference.topk(k).indices.tolist())
+    return len(kept) / k
+
+
+# bfloat16 keeps 8 mantissa bits: per-unit scores move by up to ~13% on this model, but pruning needs the
+# ranking. Thresholds, with what was measured (nemotron_h-hybrid, 8 x 32 tokens): every axis keeps at least
+# 90% of float32's top half (worst measured 47/48 = 0.979, layers.5.mlp); every layer metric keeps at least
+# 2 of float32's 3 most important layers (measured 3 of 3) and drops the same least important layer first.
+BF16_UNIT_OVERLAP, BF16_LAYER_OVERLAP = 0.9, 2 / 3
+
+
 def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path, capsys):
-    """--dtype runs the model in half precision (statistics still summed in float32/float64)."""
+    """--dtype runs the model in half precision (statistics still summed in float32/float64): float16 stays
+    within 2% per unit, bfloat16 ranks units and layers as float32 does (top-half overlap, above)."""
     model = calibrated / "model"
     flags = ["--samples", "8", "--seq-len", "32"]
     found = {}
@@ -325,15 +349,22 @@ def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path,
         assert _importance(calibrated, tmp_path / dtype, *flags, "--dtype", dtype) == 0
         found[dtype] = api.load_importance(tmp_path / dtype, model)
         assert found[dtype].artifact.meta["settings"]["dtype"] == dtype
-    exact = found["float32"]
-    for dtype, tol in (("bfloat16", 0.25), ("float16", 0.02)):
-        units, layers = found[dtype].unit_scores(), found[dtype].layer_scores()
-        error = max(
-            ((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() for k, v in exact.unit_scores().items()
-        )
-        assert 0 < error < tol, (dtype, error)  # nonzero: it did run in half precision
-        for metric, v in exact.layer_scores().items():
-            assert ((layers[metric] - v).abs() / v.abs()).max() < tol, (dtype, metric)
+    exact_units, exact_layers = found["float32"].unit_scores(), found["float32"].layer_scores()
+    for dtype in ("bfloat16", "float16"):
+        units = found[dtype].unit_scores()
+        error = max(((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() for k, v in exact_units.items())
+        assert error > 0, dtype  # it did run in half precision
+    units, layers = found["float16"].unit_scores(), found["float16"].layer_scores()
+    for k, v in exact_units.items():
+        assert ((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() < 0.02, ("float16", k)
+    for metric, v in exact_layers.items():
+        assert ((layers[metric] - v).abs() / v.abs()).max() < 0.02, ("float16", metric)
+    units, layers = found["bfloat16"].unit_scores(), found["bfloat16"].layer_scores()
+    for k, v in exact_units.items():
+        assert _top_half_overlap(units[k], v) >= BF16_UNIT_OVERLAP, ("bfloat16", k)
+    for metric, v in exact_layers.items():
+        assert _top_half_overlap(layers[metric], v) >= BF16_LAYER_OVERLAP, ("bfloat16", metric)
+        assert layers[metric].argmin() == v.argmin(), ("bfloat16", metric)
     assert _importance(calibrated, tmp_path / "bad", *flags, "--device", "gpu0") == 2
     assert "device must be a torch device" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
