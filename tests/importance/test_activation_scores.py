@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
@@ -12,7 +13,9 @@ from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
 from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.scoring import activation_scores, flap_scores
-from nemocompress.prune.minitron import plan_from_targets
+from nemocompress.prune.minitron import plan_from_targets, top_units
+from nemocompress.prune.plan import Plan
+from nemocompress.prune.slice import slice_model
 from nemocompress.zoo import save_zoo_checkpoint, zoo_model
 
 BATCHES = [torch.randint(2, 98, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(3)]
@@ -199,6 +202,8 @@ def _importance(calibrated, out, *flags, data=None) -> int:
 
 
 def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
+    """prune --scores and prune --data make the same plan; that plan keeps the top units of the saved scores,
+    and the checkpoint written equals slicing the loaded parent with it in memory."""
     model, data = calibrated / "model", calibrated / "text.txt"
     export = {
         "hidden_size": 48,
@@ -245,6 +250,18 @@ def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
     plan_a = json.loads((tmp_path / "a" / "nemocompress_plan.json").read_text())
     plan_b = json.loads((tmp_path / "b" / "nemocompress_plan.json").read_text())
     assert plan_a == plan_b
+    plan = Plan.from_dict(plan_a)
+    found = api.load_importance(tmp_path / "scores", model)
+    units, layers = found.unit_scores(), found.layer_scores()["nmse"]
+    assert plan.kept["hidden"] == top_units(units["hidden"], 48)  # axes not re-scored: the saved ranking
+    assert plan.kept["layers.2.mlp"] == top_units(units["layers.2.mlp"], 64)
+    assert plan.kept["layers"] == top_units(layers, 5)
+    parent = AutoModelForCausalLM.from_pretrained(model).eval()
+    expected = slice_model(parent, plan).state_dict()
+    written = AutoModelForCausalLM.from_pretrained(tmp_path / "a").state_dict()
+    assert written.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(written[key], value), key
 
 
 def test_head_metrics_are_computed_only_when_chosen(calibrated, tmp_path, capsys):
