@@ -189,37 +189,34 @@ def _explicit(model, adapter, window, dropped=()):
     }
 
 
+def _assert_windows_are_explicit(model, adapter, window: int, dropped=()) -> dict[str, torch.Tensor]:
+    """layer_stats' scores of every window of ``window`` remaining layers equal :func:`_explicit`."""
+    scores = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=window, dropped=dropped))
+    remaining = [i for i in range(adapter.num_layers(model.config)) if i not in dropped]
+    assert set(scores) == set(LAYER_METRICS)
+    assert all(len(v) == len(remaining) - window + 1 for v in scores.values())
+    for w in range(len(remaining) - window + 1):
+        expected = _explicit(model, adapter, remaining[w : w + window], dropped)
+        for metric, value in expected.items():
+            torch.testing.assert_close(
+                scores[metric][w], value.float(), rtol=1e-4, atol=1e-6, msg=f"{metric}[{w}]"
+            )
+    return scores
+
+
 @pytest.mark.parametrize("name", ["nemotron_h-hybrid", "llama"])
 @pytest.mark.parametrize("window", [1, 2])
 def test_every_metric_of_every_window_equals_the_model_without_it(name, window):
     model = zoo_model(name)
-    adapter = get_adapter(model.config)
-    scores = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=window))
-    count = adapter.num_layers(model.config)
-    assert set(scores) == set(LAYER_METRICS) and all(len(v) == count - window + 1 for v in scores.values())
+    scores = _assert_windows_are_explicit(model, get_adapter(model.config), window)
     assert all((scores[m] > 0).all() for m in ("nmse", "kl", "hidden_mse", "cosine")), "no layer is idle"
-    for start in range(count - window + 1):
-        expected = _explicit(model, adapter, list(range(start, start + window)))
-        for metric, value in expected.items():
-            torch.testing.assert_close(
-                scores[metric][start], value.float(), rtol=1e-4, atol=1e-6, msg=f"{metric}[{start}]"
-            )
 
 
 def test_dropped_layers_are_gone_before_windows_are_scored():
     """Iterative ranking's step: windows span the remaining layers, against the model without the dropped."""
     model = zoo_model("nemotron_h-hybrid")
-    adapter = get_adapter(model.config)
-    dropped = [2]
-    remaining = [0, 1, 3, 4, 5]
-    scores = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=2, dropped=dropped))
-    assert all(len(v) == len(remaining) - 1 for v in scores.values())
-    for w in range(len(remaining) - 1):
-        expected = _explicit(model, adapter, remaining[w : w + 2], dropped)
-        for metric, value in expected.items():
-            torch.testing.assert_close(
-                scores[metric][w], value.float(), rtol=1e-4, atol=1e-6, msg=f"{metric}[{w}]"
-            )
+    scores = _assert_windows_are_explicit(model, get_adapter(model.config), 2, dropped=[2])
+    assert all(len(v) == 4 for v in scores.values())  # windows of 2 over layers 0, 1, 3, 4, 5
 
 
 def test_sums_add_across_batches():

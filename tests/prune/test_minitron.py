@@ -299,7 +299,8 @@ def test_rescoring_by_hand_keeps_the_head_whose_kept_channels_are_strongest():
         plan_from_targets(config, {"mamba_num_heads": 2, "mamba_head_dim": d}, scores, rescore=rescore)
         for d in (15, 1)
     )
-    assert small.kept["layers.0.mamba_head_dim"] == [0]  # channel 0: L2 over heads ~ 10.06, the others 3.2 to 3.4
+    # head channel 0: L2 over heads ~ 10.06, the others 3.2 to 3.4
+    assert small.kept["layers.0.mamba_head_dim"] == [0]
     assert large.kept["layers.0.mamba_heads"] == [1, 2]  # on channels 0, 2..15: head 1 ~ 11.5 > 10
     assert small.kept["layers.0.mamba_heads"] == [0, 2]  # on channel 0 alone: head 0 = 10 > head 1 = 0
 
