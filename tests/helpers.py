@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from nemocompress.arch import get_adapter
+from nemocompress.prune.plan import make_plan
 from nemocompress.zoo import ZOO, zoo_model
 
 warnings.filterwarnings("ignore", message=".*falling back.*")
@@ -35,6 +36,21 @@ def random_kept(model, kinds=None, seed=0, drop_layer=None) -> dict[str, list[in
             idx += pick.tolist()
         kept[axis.name] = sorted(idx)
     return kept
+
+
+def logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits for ``tokens`` [B, S] without a cache (no grad)."""
+    with torch.no_grad():
+        return model(tokens, use_cache=False).logits
+
+
+def random_plan(model, kind: str = "all"):
+    """A valid plan that prunes about half of one axis kind (or of every kind, and drops layer 0, for
+    ``"all"``); ``"depth"`` drops layer 0 only."""
+    if kind == "depth":
+        return make_plan(model.config, random_kept(model, ["depth"], drop_layer=0))
+    kinds = None if kind == "all" else [kind]
+    return make_plan(model.config, random_kept(model, kinds, drop_layer=0 if kind == "all" else None))
 
 
 def axis_kinds(name: str) -> list[str]:

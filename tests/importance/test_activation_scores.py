@@ -5,16 +5,17 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from nemocompress import api
 from nemocompress.arch import get_adapter
-from nemocompress.arch.masking import bypass_layers
 from nemocompress.cli import main
 from nemocompress.importance.activation import ActivationCollector
-from nemocompress.importance.depth import LAYER_METRICS, finalize_layer_scores, layer_stats
 from nemocompress.importance.options import ImportanceOptions
 from nemocompress.importance.scoring import activation_scores, flap_scores
-from nemocompress.prune.minitron import plan_from_targets
+from nemocompress.prune.minitron import plan_from_targets, top_units
+from nemocompress.prune.plan import Plan
+from nemocompress.prune.slice import slice_model
 from nemocompress.zoo import save_zoo_checkpoint, zoo_model
 
 BATCHES = [torch.randint(2, 98, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(3)]
@@ -144,11 +145,20 @@ def test_per_expert_linear_equals_one_matmul_per_expert(width):
 
 
 def test_mamba_heads_are_kept_per_group_and_never_move():
+    """Real scores whose global top 4 Mamba heads all lie in group 0 (their x rows made 10x stronger): the plan
+    still keeps the best 2 of each group of 4."""
     model = zoo_model("nemotron_h-hybrid")
+    p, inner = model.config.mamba_head_dim, model.config.mamba_num_heads * model.config.mamba_head_dim
+    with torch.no_grad():
+        model.model.layers[0].mixer.in_proj.weight[inner : inner + 4 * p] *= 10  # x of heads 0-3 (group 0)
     scores, _ = _scores(model)
-    scores["layers.0.mamba_heads"] = torch.tensor([9.0, 8, 7, 6, 0, 0, 0, 1])  # global top-4 all in group 0
+    heads = scores["layers.0.mamba_heads"]
+    assert sorted(heads.topk(4).indices.tolist()) == [0, 1, 2, 3], "the planted heads must lead globally"
     plan = plan_from_targets(model.config, {"mamba_num_heads": 4}, scores)
-    assert plan.kept["layers.0.mamba_heads"] == [0, 1, 6, 7]
+    group0, group1 = heads[:4].topk(2).indices.tolist(), (heads[4:].topk(2).indices + 4).tolist()
+    assert plan.kept["layers.0.mamba_heads"] == sorted(group0 + group1)
+    naive = plan_from_targets(model.config, {"mamba_num_heads": 4}, scores, group_aware=False)
+    assert naive.kept["layers.0.mamba_heads"] == [0, 1, 2, 3]
 
 
 def test_scores_are_deterministic():
@@ -174,77 +184,6 @@ def test_every_axis_gets_a_score_from_every_method(name):
         assert {k: len(v) for k, v in scores.items()} == width_axes
 
 
-def _identity_layer(model, name):
-    """Zero the output projections of layer 2, so that the block returns its input."""
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if ".layers.2." in pname and any(k in pname for k in ("down_proj", "o_proj", "out_proj")):
-                param.zero_()
-
-
-@pytest.mark.parametrize("name", ["nemotron_h-hybrid", "llama"])
-def test_layer_metrics_are_zero_for_an_identity_layer(name):
-    model = zoo_model(name)
-    _identity_layer(model, name)
-    scores = finalize_layer_scores(layer_stats(model, get_adapter(model.config), BATCHES))
-    assert set(scores) == set(LAYER_METRICS)
-    for metric, values in scores.items():
-        assert abs(values[2]) < 1e-6, metric
-        assert values.abs().max() > 1e-3, metric
-
-
-def test_window_scores_equal_bypassing_the_window():
-    model = zoo_model("nemotron_h-hybrid")
-    adapter = get_adapter(model.config)
-    nmse = finalize_layer_scores(layer_stats(model, adapter, BATCHES, window=2))["nmse"]
-    with torch.no_grad():
-        full = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-        with bypass_layers(model, adapter, [3, 4]):
-            part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-    expected = (full - part).pow(2).sum() / full.pow(2).sum()
-    torch.testing.assert_close(nmse[3], expected, rtol=1e-4, atol=1e-6)
-
-
-class _SoftCapped(torch.nn.Linear):
-    """An LM head whose logits are not a linear map of its input (Gemma-style soft cap)."""
-
-    def forward(self, x):
-        return 3.0 * torch.tanh(super().forward(x) / 3.0)
-
-
-@pytest.mark.parametrize("head", ["linear", "soft-capped"])
-def test_nmse_without_logits_equals_nmse_of_logits(head):
-    """nmse alone skips the LM head per window (d^T W^T W d); it must equal nmse computed on logits."""
-    model = zoo_model("llama")
-    adapter = get_adapter(model.config)
-    if head == "soft-capped":
-        capped = _SoftCapped(model.config.hidden_size, model.config.vocab_size, bias=False)
-        capped.weight = model.lm_head.weight
-        model.lm_head = capped
-    alone = finalize_layer_scores(layer_stats(model, adapter, BATCHES, metrics=("nmse",)))
-    assert set(alone) == {"nmse"}
-    with torch.no_grad():
-        full = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-        for i in range(model.config.num_hidden_layers):
-            with bypass_layers(model, adapter, [i]):
-                part = torch.cat([model(b, use_cache=False).logits for b in BATCHES])
-            expected = (full - part).pow(2).sum() / full.pow(2).sum()
-            torch.testing.assert_close(alone["nmse"][i], expected, rtol=1e-4, atol=1e-7)
-
-
-def test_layer_metrics_subsets_equal_all_metrics():
-    model = zoo_model("nemotron_h-hybrid")
-    adapter = get_adapter(model.config)
-    every = finalize_layer_scores(layer_stats(model, adapter, BATCHES))
-    for subset in (("kl",), ("hidden_mse", "cosine"), ("lm_loss", "nmse")):
-        some = finalize_layer_scores(layer_stats(model, adapter, BATCHES, metrics=subset))
-        assert set(some) == set(subset)
-        for metric in subset:
-            torch.testing.assert_close(some[metric], every[metric], rtol=1e-5, atol=1e-8)
-    with pytest.raises(ValueError, match="unknown layer metrics"):
-        layer_stats(model, adapter, BATCHES, metrics=("mse",))
-
-
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     root = tmp_path_factory.mktemp("calib")
@@ -263,6 +202,8 @@ def _importance(calibrated, out, *flags, data=None) -> int:
 
 
 def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
+    """prune --scores and prune --data make the same plan; that plan keeps the top units of the saved scores,
+    and the checkpoint written equals slicing the loaded parent with it in memory."""
     model, data = calibrated / "model", calibrated / "text.txt"
     export = {
         "hidden_size": 48,
@@ -309,6 +250,18 @@ def test_cached_scores_give_the_same_plan(calibrated, tmp_path):
     plan_a = json.loads((tmp_path / "a" / "nemocompress_plan.json").read_text())
     plan_b = json.loads((tmp_path / "b" / "nemocompress_plan.json").read_text())
     assert plan_a == plan_b
+    plan = Plan.from_dict(plan_a)
+    found = api.load_importance(tmp_path / "scores", model)
+    units, layers = found.unit_scores(), found.layer_scores()["nmse"]
+    assert plan.kept["hidden"] == top_units(units["hidden"], 48)  # axes not re-scored: the saved ranking
+    assert plan.kept["layers.2.mlp"] == top_units(units["layers.2.mlp"], 64)
+    assert plan.kept["layers"] == top_units(layers, 5)
+    parent = AutoModelForCausalLM.from_pretrained(model).eval()
+    expected = slice_model(parent, plan).state_dict()
+    written = AutoModelForCausalLM.from_pretrained(tmp_path / "a").state_dict()
+    assert written.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(written[key], value), key
 
 
 def test_head_metrics_are_computed_only_when_chosen(calibrated, tmp_path, capsys):
@@ -389,8 +342,23 @@ def test_api_importance_without_output_returns_scores(calibrated):
     assert "nmse" in result.layer_scores()
 
 
+def _top_half_overlap(scores: torch.Tensor, reference: torch.Tensor) -> float:
+    """Share of the reference's top half (the units a 50% prune keeps) that ``scores`` also ranks there."""
+    k = max(1, len(reference) // 2)
+    kept = set(scores.topk(k).indices.tolist()) & set(reference.topk(k).indices.tolist())
+    return len(kept) / k
+
+
+# bfloat16 keeps 8 mantissa bits: per-unit scores move by up to ~13% on this model, but pruning needs the
+# ranking. Thresholds, with what was measured (nemotron_h-hybrid, 8 x 32 tokens): every axis keeps at least
+# 90% of float32's top half (worst measured 47/48 = 0.979, layers.5.mlp); every layer metric keeps at least
+# 2 of float32's 3 most important layers (measured 3 of 3) and drops the same least important layer first.
+BF16_UNIT_OVERLAP, BF16_LAYER_OVERLAP = 0.9, 2 / 3
+
+
 def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path, capsys):
-    """--dtype runs the model in half precision (statistics still summed in float32/float64)."""
+    """--dtype runs the model in half precision (statistics still summed in float32/float64): float16 stays
+    within 2% per unit, bfloat16 ranks units and layers as float32 does (top-half overlap, above)."""
     model = calibrated / "model"
     flags = ["--samples", "8", "--seq-len", "32"]
     found = {}
@@ -398,15 +366,22 @@ def test_half_precision_calibration_stays_close_to_float32(calibrated, tmp_path,
         assert _importance(calibrated, tmp_path / dtype, *flags, "--dtype", dtype) == 0
         found[dtype] = api.load_importance(tmp_path / dtype, model)
         assert found[dtype].artifact.meta["settings"]["dtype"] == dtype
-    exact = found["float32"]
-    for dtype, tol in (("bfloat16", 0.25), ("float16", 0.02)):
-        units, layers = found[dtype].unit_scores(), found[dtype].layer_scores()
-        error = max(
-            ((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() for k, v in exact.unit_scores().items()
-        )
-        assert 0 < error < tol, (dtype, error)  # nonzero: it did run in half precision
-        for metric, v in exact.layer_scores().items():
-            assert ((layers[metric] - v).abs() / v.abs()).max() < tol, (dtype, metric)
+    exact_units, exact_layers = found["float32"].unit_scores(), found["float32"].layer_scores()
+    for dtype in ("bfloat16", "float16"):
+        units = found[dtype].unit_scores()
+        error = max(((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() for k, v in exact_units.items())
+        assert error > 0, dtype  # it did run in half precision
+    units, layers = found["float16"].unit_scores(), found["float16"].layer_scores()
+    for k, v in exact_units.items():
+        assert ((units[k] - v).abs() / v.abs().clamp_min(1e-6)).max() < 0.02, ("float16", k)
+    for metric, v in exact_layers.items():
+        assert ((layers[metric] - v).abs() / v.abs()).max() < 0.02, ("float16", metric)
+    units, layers = found["bfloat16"].unit_scores(), found["bfloat16"].layer_scores()
+    for k, v in exact_units.items():
+        assert _top_half_overlap(units[k], v) >= BF16_UNIT_OVERLAP, ("bfloat16", k)
+    for metric, v in exact_layers.items():
+        assert _top_half_overlap(layers[metric], v) >= BF16_LAYER_OVERLAP, ("bfloat16", metric)
+        assert layers[metric].argmin() == v.argmin(), ("bfloat16", metric)
     assert _importance(calibrated, tmp_path / "bad", *flags, "--device", "gpu0") == 2
     assert "device must be a torch device" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

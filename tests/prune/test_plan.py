@@ -1,12 +1,9 @@
 """Plans are validated data: JSON round trip, group and uniformity rules, refused on another model."""
 
 import pytest
-import torch
 from helpers import random_kept
 
-from nemocompress.arch import get_adapter
 from nemocompress.errors import PlanError
-from nemocompress.prune.minitron import plan_from_targets, top_units
 from nemocompress.prune.plan import Plan, make_plan
 from nemocompress.zoo import zoo_config, zoo_model
 
@@ -57,36 +54,3 @@ def test_bad_plans_are_refused(kept, match):
 def test_mamba2_needs_integer_expand():
     with pytest.raises(PlanError, match="integer expand"):
         make_plan(zoo_config("mamba2"), {"hidden": list(range(48))})
-
-
-def test_top_units_keeps_equal_counts_per_group_and_never_moves_units():
-    scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.2, 0.8, 0.3, 0.4])
-    assert top_units(scores, 4, groups=2) == [1, 3, 5, 7]
-    assert top_units(scores, 2, groups=1) == [1, 5]
-
-
-def test_targets_map_to_every_layer_of_a_kind():
-    config = zoo_config("nemotron_h-hybrid")
-    axes = get_adapter(config).axes(config)
-    scores = {a.name: torch.arange(a.size, dtype=torch.float) for a in axes}
-    plan = plan_from_targets(config, {"ffn_hidden_size": 64, "mamba_num_heads": 4, "num_layers": 5}, scores)
-    assert plan.kept["layers.2.mlp"] == list(range(32, 96))
-    assert plan.kept["layers.5.mlp"] == list(range(32, 96))
-    assert plan.kept["layers.0.mamba_heads"] == [2, 3, 6, 7]  # best two inside each group of four
-    assert plan.kept["layers"] == [1, 2, 3, 4, 5]
-    new = plan.apply_config(config)
-    assert (new.intermediate_size, new.mamba_num_heads, len(new.layers_block_type)) == (64, 4, 5)
-
-
-@pytest.mark.parametrize(
-    ("name", "targets", "field"),
-    [
-        ("llama", {"num_attention_heads": 3}, "num_key_value_heads = 2"),
-        ("nemotron_h-hybrid", {"mamba_num_heads": 5}, "n_groups = 2"),
-        ("mamba2", {"mamba_num_heads": 3}, "n_groups = 2"),
-    ],
-)
-def test_group_message_names_the_config_field_the_adapter_gives(name, targets, field):
-    config = zoo_config(name)
-    with pytest.raises(PlanError, match=f"per group \\({field}\\); pick a multiple of 2"):
-        plan_from_targets(config, targets, {})  # refused before any score is read
