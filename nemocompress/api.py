@@ -51,6 +51,7 @@ __all__ = [
     "ImportanceResult",
     "PruneResult",
     "info",
+    "end_processes",
     "importance",
     "load_importance",
     "prune",
@@ -388,6 +389,16 @@ def zoo_checkpoint(
         Path(text).parent.mkdir(parents=True, exist_ok=True)
         Path(text).write_text(zoo_text(seed=seed))
     return Path(output_dir)
+
+
+def end_processes() -> None:
+    """Destroy the process group of a ``torchrun`` / ``accelerate launch`` run, if one was made.
+
+    Call it once a multi-process command is done: a process that exits with its gloo group alive may abort
+    ("terminate called without an active exception") while its peers are still finishing.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------- demo (in nemocompress.demo)

@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     except NemocompressError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        api.end_processes()
 
 
 if __name__ == "__main__":

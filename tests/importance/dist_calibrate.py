@@ -18,3 +18,5 @@ if __name__ == "__main__":
     )
     if state.is_main_process:
         artifact.save(sys.argv[1])
+    state.wait_for_everyone()
+    state.destroy_process_group()
