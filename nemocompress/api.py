@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 
 from . import __version__
-from .arch import Axis, get_adapter
+from .arch import DEFAULT_DIVISORS, Axis, get_adapter
 from .checkpoint import atomic_output_dir, check_output_dir, list_tensors, load_config
 from .data import build_samples
 from .demo import DEMO_EXPORT, DemoResult, demo
@@ -39,9 +39,18 @@ from .importance.options import ImportanceOptions
 from .importance.result import ImportanceResult
 from .importance.selection import select_layers, windows_to_score
 from .importance.weights import random_scores
+from .prune.budget import DEVICE_PROFILES, Budget, parse_count
 from .prune.cost import Cost, model_cost
 from .prune.minitron import plan_from_targets
 from .prune.plan import Plan
+from .prune.search import (
+    SearchOptions,
+    SearchResult,
+    SearchState,
+    measure_decode_ms,
+    prepare_search,
+    run_search,
+)
 from .prune.slice import slice_checkpoint
 from .report import format_table, human
 from .zoo import ZOO, save_zoo_checkpoint, zoo_text
@@ -55,6 +64,14 @@ __all__ = [
     "importance",
     "load_importance",
     "prune",
+    "search",
+    "Budget",
+    "SearchOptions",
+    "SearchResult",
+    "parse_count",
+    "DEVICE_PROFILES",
+    "DEFAULT_DIVISORS",
+    "PlanError",
     "demo",
     "DemoResult",
     "DEMO_EXPORT",
@@ -288,6 +305,92 @@ def prune(
     before = model_cost(config, context_length, batch_size, torch.bfloat16)  # as `info` and `eval` estimate
     after = model_cost(plan.apply_config(config), context_length, batch_size, torch.bfloat16)
     return PruneResult(plan, before, after, Path(output_dir))
+
+
+# ---------------------------------------------------------------------- budget search (MiniPuzzle)
+
+
+def search_state_dir(output_dir: str | Path) -> Path:
+    """Where a search keeps its progress until the winner is written: ``OUT.search`` beside ``OUT``."""
+    output_dir = Path(output_dir)
+    return output_dir.with_name(output_dir.name + ".search")
+
+
+def search(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    budget: Budget,
+    data: str | Path | None = None,
+    search_options: SearchOptions | None = None,
+    options: ImportanceOptions | None = None,
+    scores: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> SearchResult:
+    """Prune to a budget: enumerate candidates, rank the top ones zero-shot on the masked parent, distill them
+    for ``search_options.kd_steps`` steps when asked (MiniPuzzle), and write the best as a stock checkpoint
+    with ``search/report.json``, ``report.md`` and ``candidates.png`` inside.
+
+    Every bad target (unreachable, contradictory, above the model, no axis left) raises PlanError before
+    anything is loaded or written. Progress is saved in ``OUT.search``; ``resume`` continues it.
+    """
+    search_options = search_options or SearchOptions()
+    if options is None:
+        options = ImportanceOptions(ranking="activation" if (scores or data) else "magnitude")
+    config = load_config(model_dir)
+    prepared = prepare_search(config, budget, search_options)
+    if data is None:
+        raise PlanError(
+            "a budget search scores candidates on held-out text: pass --data (file, folder or .jsonl)"
+        )
+    if output_dir is not None and Path(output_dir).exists() and not overwrite:
+        check_output_dir(output_dir, overwrite, inputs=(model_dir,))
+    list_tensors(model_dir)  # refuse a corrupt checkpoint before any work
+    settings = {
+        "model": str(Path(model_dir).resolve()),
+        "data": str(Path(data).resolve()),
+        "budget": budget.to_dict(),
+        "search": search_options.to_dict(),
+        "importance": options.to_dict(),
+        "scores": str(scores) if scores else None,
+    }
+    state = SearchState.open(search_state_dir(output_dir), settings, resume, overwrite)
+    depth = len(prepared.space.num_layers) > 1
+    saved = state.directory / "importance"
+    if scores is not None or not options.needs_data:
+        found = _found(model_dir, config, None, options, scores, data, progress)
+    elif saved.exists():
+        found = load_importance(saved, model_dir, options)
+    else:
+        found = importance(
+            model_dir, data, saved, options, (1,), progress=progress, resume=True, layers=depth
+        )
+    train = None
+    if search_options.kd_steps:
+
+        def train(student: Path, run: Path) -> Path:
+            cfg = DistillConfig(
+                teacher=str(model_dir), student=str(student), data=str(data), output_dir=str(run),
+                steps=search_options.kd_steps, seq_len=search_options.seq_len,
+                batch_size=search_options.batch_size, lr=search_options.kd_lr, seed=search_options.seed,
+                eval_every=0, save_every=max(1, search_options.kd_steps // 4), resume=run.exists(),
+                progress=progress,
+            )  # fmt: skip
+            return distill(cfg).final_dir
+
+    measure = None
+    if budget.measure_latency:
+
+        def measure(candidate_config) -> float:
+            return measure_decode_ms(
+                candidate_config, budget.context_length, budget.batch_size, budget.torch_dtype
+            )
+
+    return run_search(
+        model_dir, output_dir, prepared, found, data, state, options.layer_metric, overwrite, progress,
+        measure=measure, train=train,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- eval

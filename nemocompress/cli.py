@@ -169,7 +169,71 @@ def _options(args) -> ImportanceOptions:
     return ImportanceOptions(ranking=ranking, sources=sources, **_dataclass_values(args, ImportanceOptions))
 
 
+_TARGETS = ("target_params", "target_active_params", "target_memory", "target_latency")
+
+
+def _budget(args) -> api.Budget:
+    count = api.parse_count
+    return api.Budget(
+        params=count(args.target_params, "--target-params") if args.target_params else None,
+        active_params=count(args.target_active_params, "--target-active-params")
+        if args.target_active_params
+        else None,
+        memory_gib=args.target_memory,
+        latency_ms=args.target_latency,
+        context_length=args.context_length,
+        batch_size=args.memory_batch_size,
+        dtype=args.memory_dtype,
+        reserve_fraction=args.reserve_fraction,
+        reserve_gib=args.reserve,
+        device=args.device_profile,
+        measure_latency=args.measure_latency,
+    )
+
+
+def _search_options(args) -> api.SearchOptions:
+    try:
+        divisors = json.loads(args.divisors) if args.divisors else None
+    except json.JSONDecodeError as e:
+        raise api.PlanError(f"--divisors is not JSON ({e}); write e.g. '{{\"hidden_size\": 64}}'") from None
+    return api.SearchOptions(
+        max_width_pruning=args.max_width_pruning,
+        max_depth_pruning=args.max_depth_pruning,
+        hparams_to_skip=tuple(args.hparams_to_skip),
+        divisors=divisors,
+        top_k=args.top_k,
+        score=args.score,
+        score_samples=args.score_samples,
+        seq_len=args.seq_len,
+        batch_size=args.search_batch_size,
+        kd_steps=args.kd_steps,
+        kd_lr=args.kd_lr,
+        seed=args.seed,
+    )
+
+
 def _prune(args) -> None:
+    targets = [name for name in _TARGETS if getattr(args, name) is not None]
+    if targets and args.export_config:
+        raise api.PlanError(
+            "--export-config gives the sizes; --target-* searches for them: pass one or the other, not both"
+        )
+    if targets:
+        result = api.search(
+            args.model, args.output, _budget(args), args.data, _search_options(args), _options(args),
+            scores=args.scores, overwrite=args.overwrite, resume=args.resume,
+        )  # fmt: skip
+        print(result.table())
+        print(f"\nwrote {result.output_dir} (report in {result.output_dir / 'search'})")
+        return
+    if not args.export_config:
+        raise api.PlanError(
+            "prune needs sizes (--export-config) or a budget (--target-params, --target-memory, ...)"
+        )
+    if args.resume:
+        raise api.PlanError(
+            "--resume continues a budget search (--target-*); a one-shot prune has nothing to resume"
+        )
     result = api.prune(
         args.model,
         args.output,
@@ -276,6 +340,88 @@ def _ranking_flags(p, data_required: bool = False) -> None:
         )
 
 
+def _search_flags(p) -> None:
+    """Budget targets and the search (MiniPuzzle); defaults from api.Budget and api.SearchOptions."""
+    b, o = api.Budget(), api.SearchOptions()
+    g = p.add_argument_group("budget search (instead of --export-config; all targets must hold)")
+    g.add_argument("--target-params", default=None, help="total parameters, e.g. 6e9, 6B or 900M")
+    g.add_argument(
+        "--target-active-params", default=None, help="parameters used per token (MoE: top-k experts)"
+    )
+    g.add_argument("--target-memory", type=float, default=None, metavar="GIB", help="device memory in GiB")
+    g.add_argument("--target-latency", type=float, default=None, metavar="MS", help="decode ms per step")
+    g.add_argument(
+        "--memory-dtype",
+        "--dtype",
+        dest="memory_dtype",
+        default=b.dtype,
+        choices=("bfloat16", "float16", "float32"),
+        help=f"dtype of weights and cache (default {b.dtype})",
+    )
+    g.add_argument(
+        "--reserve-fraction",
+        type=float,
+        default=b.reserve_fraction,
+        help="share of --target-memory kept free (Nano 2: 0.05)",
+    )
+    g.add_argument(
+        "--reserve",
+        type=float,
+        default=b.reserve_gib,
+        metavar="GIB",
+        help="GiB of --target-memory kept free for the framework (Nano 2: 1.3)",
+    )
+    g.add_argument(
+        "--device-profile",
+        default=b.device,
+        help=f"roofline latency device: {', '.join(api.DEVICE_PROFILES)} or JSON "
+        f'\'{{"bandwidth_gbs": 600, "tflops": 70}}\' (default {b.device})',
+    )
+    g.add_argument("--measure-latency", action="store_true", help="time candidates on this machine instead")
+    g.add_argument(
+        "--max-width-pruning",
+        type=float,
+        default=o.max_width_pruning,
+        help=f"largest share removed from any width (default {o.max_width_pruning})",
+    )
+    g.add_argument(
+        "--max-depth-pruning",
+        type=float,
+        default=o.max_depth_pruning,
+        help=f"largest share of layers removed (default {o.max_depth_pruning})",
+    )
+    g.add_argument(
+        "--hparams-to-skip", nargs="*", default=[], help="sizes not searched, e.g. num_attention_heads"
+    )
+    g.add_argument(
+        "--divisors",
+        default=None,
+        help=f"JSON per-size divisors (default {json.dumps(api.DEFAULT_DIVISORS)})",
+    )
+    g.add_argument("--top-k", type=int, default=o.top_k, help=f"candidates scored (default {o.top_k})")
+    g.add_argument("--score", default=o.score, help="lm-loss, kl, top1 or mc:FILE.jsonl (default kl)")
+    g.add_argument(
+        "--score-samples",
+        type=int,
+        default=o.score_samples,
+        help=f"held-out sequences that score candidates (default {o.score_samples})",
+    )
+    g.add_argument(
+        "--search-batch-size",
+        type=int,
+        default=o.batch_size,
+        help=f"sequences per forward when scoring and distilling (default {o.batch_size})",
+    )
+    g.add_argument(
+        "--kd-steps",
+        type=int,
+        default=o.kd_steps,
+        help="MiniPuzzle: distillation steps for each of the top-k before choosing (default 0)",
+    )
+    g.add_argument("--kd-lr", type=float, default=o.kd_lr, help=f"their learning rate (default {o.kd_lr})")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted search into the same -o")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemocompress", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nemocompress {__version__}")
@@ -309,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint directory (config.json + safetensors)")
     p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     p.add_argument(
-        "--export-config", required=True, help="JSON sizes, e.g. '{\"hidden_size\": 96}', or a .json file"
+        "--export-config", default=None, help="JSON sizes, e.g. '{\"hidden_size\": 96}', or a .json file"
     )
     p.add_argument(
         "--importance",
@@ -321,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     _ranking_flags(p)
     _signature_flags(p, api.prune, _MEMORY)
+    _search_flags(p)
     p.set_defaults(func=_prune)
 
     p = sub.add_parser("demo", help="fetch SmolLM2-135M and Shakespeare, prune, compare before/after")

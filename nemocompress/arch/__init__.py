@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 from .base import (
     AXIS_KINDS,
+    DEFAULT_DIVISORS,
     Adapter,
     Axis,
     DiskKey,
@@ -24,6 +25,7 @@ from .nemotron_h import NemotronHAdapter
 
 __all__ = [
     "AXIS_KINDS",
+    "DEFAULT_DIVISORS",
     "Adapter",
     "Axis",
     "DiskKey",

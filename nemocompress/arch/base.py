@@ -16,12 +16,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import PlanError
 
 __all__ = [
     "AXIS_KINDS",
+    "DEFAULT_DIVISORS",
     "Axis",
     "Segment",
     "TensorSpec",
@@ -46,6 +48,21 @@ AXIS_KINDS = (
     "shared_ffn",
     "depth",
 )
+
+#: Search divisors per ModelOpt export key: a width is searched in multiples of its divisor. ModelOpt's
+#: defaults for hybrid models (hidden 256, FFN 512, Mamba head dim 8, experts 8, layers 2); the expert and
+#: shared-expert widths (which ModelOpt's defaults leave alone) use 256, head counts their groups.
+DEFAULT_DIVISORS = {
+    "hidden_size": 256,
+    "ffn_hidden_size": 512,
+    "num_attention_heads": 1,
+    "mamba_num_heads": 1,
+    "mamba_head_dim": 8,
+    "num_moe_experts": 8,
+    "moe_ffn_hidden_size": 256,
+    "moe_shared_expert_intermediate_size": 256,
+    "num_layers": 2,
+}
 
 Kept = Mapping[str, torch.Tensor]
 
@@ -324,6 +341,21 @@ class Adapter:
             raise PlanError(
                 f"cannot keep {sizes['experts']} experts: every token is routed to {top_k}; keep at least {top_k}"
             )
+
+    def valid_sizes(self, config, sizes: Mapping[str, np.ndarray]):
+        """Which combinations of uniform sizes the family's config accepts, for many at once.
+
+        ``sizes``: axis kind -> integer array of counts (all arrays broadcast together; a kind left out keeps
+        its current size). Returns a boolean array (or ``True``): the rules of :meth:`check_sizes` and of
+        the family's transformers config, as arithmetic, so that a search can filter thousands of
+        candidates without building a config for each.
+        """
+        top_k = self.experts_per_token(config)
+        return np.asarray(sizes["experts"]) >= top_k if "experts" in sizes and top_k else True
+
+    def attention_head_dim(self, config) -> int:
+        """Channels per attention head (query, key and value alike); 0 for a family without attention."""
+        return 0
 
     # ---- generic -----------------------------------------------------------------------------------
     def tensors(self, config) -> list[TensorSpec]:

@@ -5,6 +5,11 @@ All share pre-norm attention with GQA and RoPE; they differ in biases, q/k norms
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
+from ..errors import PlanError
 from .base import Adapter, Axis, ExpertsCall
 from .blocks import (
     DEPTH,
@@ -36,6 +41,26 @@ class LlamaAdapter(Adapter):
 
     def head_dim(self, config) -> int:
         return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def attention_head_dim(self, config) -> int:
+        return self.head_dim(config)
+
+    def valid_sizes(self, config, sizes):
+        ok = super().valid_sizes(config, sizes)
+        if _refuses_indivisible_hidden(type(config)):
+            hidden = np.asarray(sizes.get("hidden", config.hidden_size))
+            ok = ok & (hidden % np.asarray(sizes.get("attention_heads", config.num_attention_heads)) == 0)
+        return ok
+
+    def check_sizes(self, config, sizes) -> None:
+        super().check_sizes(config, sizes)
+        if not np.all(self.valid_sizes(config, sizes)):
+            hidden = sizes.get("hidden", config.hidden_size)
+            heads = sizes.get("attention_heads", config.num_attention_heads)
+            raise PlanError(
+                f"transformers' {type(config).__name__} refuses hidden_size {hidden} with {heads} attention heads "
+                f"(the head count must divide it, even with an explicit head_dim); choose a multiple of {heads}"
+            )
 
     def attention_biases(self, config) -> tuple[bool, bool]:
         b = bool(getattr(config, "attention_bias", False))
@@ -240,3 +265,14 @@ class Qwen3MoeAdapter(MixtralAdapter):
         out["decoder_sparse_step"] = 1
         out["mlp_only_layers"] = [n for n, i in enumerate(kept_layers) if not self.is_moe_layer(config, i)]
         return out
+
+
+@functools.cache
+def _refuses_indivisible_hidden(config_class) -> bool:
+    """Whether this transformers config class refuses a hidden size that the head count does not divide
+    (LlamaConfig does since transformers 5; others accept it): probed once per class, as installed."""
+    try:
+        config_class(hidden_size=130, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    except Exception:  # transformers' validators raise several error types
+        return True
+    return False

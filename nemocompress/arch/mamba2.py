@@ -6,6 +6,7 @@ import functools
 import inspect
 import warnings
 
+import numpy as np
 import transformers
 
 from ..errors import PlanError
@@ -94,10 +95,17 @@ class Mamba2Adapter(Adapter):
             )  # fmt: skip
         return block
 
+    def valid_sizes(self, config, sizes):
+        hidden = sizes.get("hidden", config.hidden_size)
+        inner = np.asarray(sizes.get("mamba_heads", config.num_heads)) * sizes.get(
+            "mamba_head_dim", config.head_dim
+        )
+        return inner % hidden == 0
+
     def check_sizes(self, config, sizes) -> None:
         hidden = sizes.get("hidden", config.hidden_size)
         inner = sizes.get("mamba_heads", config.num_heads) * sizes.get("mamba_head_dim", config.head_dim)
-        if inner % hidden:
+        if not self.valid_sizes(config, sizes):
             raise PlanError(
                 f"Mamba2 sizes its inner width as expand * hidden_size with an integer expand: heads * head_dim = "
                 f"{inner} is not a multiple of hidden_size {hidden}; choose sizes with heads * head_dim = k * hidden_size"

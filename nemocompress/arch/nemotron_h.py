@@ -70,6 +70,9 @@ class NemotronHAdapter(Adapter):
     def kv_width(self, config) -> int:
         return config.num_key_value_heads * config.head_dim
 
+    def attention_head_dim(self, config) -> int:
+        return config.head_dim
+
     def state_bytes_per_layer(self, config, dtype) -> list[int]:
         """Mamba layers keep a conv window and an SSM state (in ``mamba_ssm_cache_dtype``); others none."""
         ssm_dtype = getattr(torch, str(config.mamba_ssm_cache_dtype).replace("torch.", ""))

@@ -7,7 +7,7 @@ they give identical tensors; the streaming path holds at most one chunk of one t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,14 +140,20 @@ def _stream(job: _Job, kept: Mapping[str, torch.Tensor], writer: SafetensorsWrit
 
 
 def slice_checkpoint(
-    model_dir: str | Path, plan: Plan, output_dir: str | Path, overwrite: bool = False, progress: bool = True
+    model_dir: str | Path,
+    plan: Plan,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the checkpoint that ``plan`` keeps, streaming tensor by tensor from ``model_dir``.
 
     The output has the input's key layout and sharding (shard files keep their names), the plan's config,
     the tokenizer and other side files, and ``nemocompress_plan.json``. It is written to a temporary
     directory beside ``output_dir`` and renamed when complete (``atomic_output_dir``), after
-    checking that the disk has room for the sliced tensors and the input's side files.
+    checking that the disk has room for the sliced tensors and the input's side files. ``extra(tmp)``
+    writes more files into the directory before it is renamed (a search's report).
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     config = load_config(model_dir)
@@ -178,4 +184,6 @@ def slice_checkpoint(
         new_config.save_pretrained(tmp)
         copy_side_files(model_dir, tmp)
         plan.save(tmp / PLAN_FILE)
+        if extra is not None:
+            extra(tmp)
     return output_dir
