@@ -99,34 +99,54 @@ def _cached_reference(
 ) -> ReferenceFn:
     """One :func:`evaluate` pass of the parent that records its predictions; returns a ReferenceFn over them.
 
-    Cached: the parent's top-1 token ``[N, S - 1]`` int64 and, ``with_kl``, its log-probs ``[N, S - 1, V]``
-    float32 on CPU.
+    Cached on CPU: the parent's top-1 token ``[N, S - 1]`` int64 and, ``with_kl``, its probabilities
+    ``p`` ``[N, S - 1, V]`` float32 and ``sum_v p log p`` per target ``[N, S - 1]`` float32. A candidate's
+    KL per target is then ``sum p log p - sum p log q``: one log-softmax and one product with ``p`` per
+    candidate (half the arithmetic of the textbook form), computed by the same expression for both terms,
+    so that a candidate with the parent's logits has a KL of exactly 0.
     """
     targets = heldout_ids.shape[0], heldout_ids.shape[1] - 1
     top1 = torch.empty(targets, dtype=torch.long)
-    logp = torch.empty(*targets, _logit_width(parent), dtype=torch.float32) if with_kl else None
+    probs = torch.empty(*targets, _logit_width(parent), dtype=torch.float32) if with_kl else None
+    plogp = torch.empty(targets, dtype=torch.float32)
 
     def record(rows: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         top1[rows] = logits.argmax(dim=-1).cpu()
-        if logp is not None:
-            logp[rows] = F.log_softmax(logits, dim=-1).cpu()
+        if probs is not None:
+            logp = F.log_softmax(logits, dim=-1)
+            p = logp.exp()
+            probs[rows], plogp[rows] = p.cpu(), _dot(p, logp).cpu()
         return torch.zeros(()), top1[rows]
 
     evaluate(parent, heldout_ids, reference=record, batch_size=batch_size, progress=progress)
 
     def compare(rows: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if logp is None:
+        if probs is None:
             return torch.zeros(()), top1[rows]
-        if logits.shape[-1] != logp.shape[-1]:
+        if logits.shape[-1] != probs.shape[-1]:
             raise ScoreError(
-                f"the candidate has {logits.shape[-1]} logits per token, the parent {logp.shape[-1]}: "
+                f"the candidate has {logits.shape[-1]} logits per token, the parent {probs.shape[-1]}: "
                 "kl needs the parent's vocabulary"
             )
-        ref_logp = logp[rows].to(logits.device)
-        kl = (ref_logp.exp() * (ref_logp - F.log_softmax(logits, dim=-1))).sum()
+        p = probs[_as_slice(rows)].to(logits.device)
+        cross = _dot(p, F.log_softmax(logits, dim=-1))
+        kl = (plogp[_as_slice(rows)].to(logits.device).double() - cross.double()).sum()
         return kl, top1[rows]
 
     return compare
+
+
+def _dot(p: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """``sum_v p log q`` per target ``[B, T]`` of ``[B, T, V]`` tensors, with no ``[B, T, V]`` temporary."""
+    return torch.einsum("btv,btv->bt", p, logq)
+
+
+def _as_slice(rows: torch.Tensor) -> slice | torch.Tensor:
+    """Consecutive rows (as :func:`evaluate` passes them) as a slice: a view of the cache, not a copy."""
+    first = int(rows[0])
+    return (
+        slice(first, first + len(rows)) if torch.equal(rows, torch.arange(first, first + len(rows))) else rows
+    )
 
 
 def _reference_scorer(
@@ -142,7 +162,7 @@ def _reference_scorer(
         if needed > limit_bytes:
             n, s = heldout_ids.shape
             raise ScoreError(
-                f"--score kl caches the parent's log-probs on CPU: {n} samples x {s - 1} targets x "
+                f"--score kl caches the parent's next-token probabilities on CPU: {n} samples x {s - 1} targets x "
                 f"{_logit_width(parent)} logits x 4 bytes = {needed / 2**30:.1f} GiB, above the "
                 f"{limit_bytes / 2**30:.1f} GiB limit: score on fewer held-out samples (--score-samples) "
                 "or shorter ones, or use --score top1 or lm-loss"
@@ -175,8 +195,8 @@ def make_scorer(
         heldout_ids: ``LongTensor [N, S]`` of packed held-out tokens (e.g. ``build_samples(...).heldout``),
             never seen by importance or distillation; used by lm-loss, kl and top1.
         batch_size: samples (or, for ``mc:``, question + choice sequences) per forward.
-        reference_limit_bytes: for ``kl``, the parent's full log-probs are kept on CPU in float32,
-            ``N * (S - 1) * vocab * 4`` bytes (:func:`reference_bytes`; 16 samples of 512 tokens with a
+        reference_limit_bytes: for ``kl``, the parent's full next-token distributions are kept on CPU in
+            float32, ``N * (S - 1) * vocab * 4`` bytes (:func:`reference_bytes`; 16 samples of 512 tokens with a
             128k vocabulary: 4.0 GiB); above this limit (default 4 GiB) ``ScoreError`` is raised before any
             forward. ``top1`` keeps the parent's top-1 token only (``N * (S - 1) * 8`` bytes).
 

@@ -10,6 +10,7 @@ from helpers import logits, random_plan
 
 from nemocompress.arch import get_adapter
 from nemocompress.data import DataError
+from nemocompress.evaluate import evaluate
 from nemocompress.prune.plan import keep_all_plan
 from nemocompress.prune.score import (
     ScoreError,
@@ -57,7 +58,7 @@ def test_keep_all_scores_as_the_parent_and_removes_the_masks(heldout, tokens):
             scorer, model, keep_all_plan(model.config).kept_tensors(), adapter
         ) == pytest.approx(plain, abs=1e-6), metric
         if metric == "kl":
-            assert plain == pytest.approx(0.0, abs=1e-6)
+            assert plain == 0.0  # both terms of sum p log p - sum p log q by one expression
         if metric == "top1":
             assert plain == 1.0
     assert torch.equal(logits(model, tokens), before)
@@ -89,6 +90,17 @@ def test_scoring_n_candidates_costs_n_plus_one_forward_passes(heldout):
     values = [score_masked(scorer, model, plan.kept_tensors(), adapter) for plan in candidates]
     assert len(calls) == (len(candidates) + 1) * batches_per_pass
     assert len(set(values)) == len(values) and min(values) > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "nemotron_h-hybrid"])
+def test_cached_kl_and_top1_equal_evaluate_against_the_parent_model(name, heldout):
+    model = zoo_model(name)
+    scorers = _scorers(model, heldout)
+    candidate = slice_model(model, random_plan(model))
+    report = evaluate(candidate, heldout, reference=model, batch_size=2, progress=False)
+    assert scorers["kl"](candidate) == pytest.approx(report.kl, abs=1e-6)
+    assert scorers["top1"](candidate) == report.top1_agreement
+    assert scorers["lm-loss"](candidate) == report.loss
 
 
 def test_keys_sort_larger_is_better(heldout):
