@@ -103,11 +103,15 @@ def _cached_reference(
     ``p`` ``[N, S - 1, V]`` float32 and ``sum_v p log p`` per target ``[N, S - 1]`` float32. A candidate's
     KL per target is then ``sum p log p - sum p log q``: one log-softmax and one product with ``p`` per
     candidate (half the arithmetic of the textbook form), computed by the same expression for both terms,
-    so that a candidate with the parent's logits has a KL of exactly 0.
+    so that a candidate with the parent's logits has a KL of exactly 0. On a GPU the cache is pinned and
+    each batch copies its ``B * (S - 1) * V * 4`` bytes to the device.
     """
     targets = heldout_ids.shape[0], heldout_ids.shape[1] - 1
     top1 = torch.empty(targets, dtype=torch.long)
-    probs = torch.empty(*targets, _logit_width(parent), dtype=torch.float32) if with_kl else None
+    pinned = next(parent.parameters()).device.type == "cuda"  # faster host-to-device copies per batch
+    probs = None
+    if with_kl:
+        probs = torch.empty(*targets, _logit_width(parent), dtype=torch.float32, pin_memory=pinned)
     plogp = torch.empty(targets, dtype=torch.float32)
 
     def record(rows: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +132,7 @@ def _cached_reference(
                 f"the candidate has {logits.shape[-1]} logits per token, the parent {probs.shape[-1]}: "
                 "kl needs the parent's vocabulary"
             )
-        p = probs[_as_slice(rows)].to(logits.device)
+        p = probs[_as_slice(rows)].to(logits.device, non_blocking=True)
         cross = _dot(p, F.log_softmax(logits, dim=-1))
         kl = (plogp[_as_slice(rows)].to(logits.device).double() - cross.double()).sum()
         return kl, top1[rows]
@@ -176,6 +180,17 @@ def _reference_scorer(
     return Scorer(name, name == "top1", measure)
 
 
+def _check_heldout(spec: str, heldout_ids: Any) -> None:
+    if not isinstance(heldout_ids, torch.Tensor) or heldout_ids.dim() != 2 or heldout_ids.shape[1] < 2:
+        got = (
+            tuple(heldout_ids.shape) if isinstance(heldout_ids, torch.Tensor) else type(heldout_ids).__name__
+        )
+        raise ScoreError(
+            f"--score {spec} needs held-out token ids [N, S] with S >= 2 (got {got}): pass "
+            "build_samples(...).heldout"
+        )
+
+
 def make_scorer(
     spec: str | Callable[[torch.nn.Module], float],
     parent: torch.nn.Module,
@@ -206,6 +221,11 @@ def make_scorer(
     if callable(spec):
         name = getattr(spec, "__name__", type(spec).__name__)
         return Scorer(name, bool(getattr(spec, "higher_is_better", True)), spec)
+    if isinstance(spec, str) and spec.startswith("mc:"):
+        if tokenizer is None:
+            raise ScoreError(f"--score {spec} scores text: pass the model's tokenizer")
+    elif spec in ("lm-loss", "kl", "top1"):
+        _check_heldout(spec, heldout_ids)
     if spec == "lm-loss":
         return Scorer(
             spec,

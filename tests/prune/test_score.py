@@ -121,6 +121,10 @@ def test_keys_sort_larger_is_better(heldout):
 def test_unknown_score_names_the_valid_ones(heldout):
     with pytest.raises(ScoreError, match="lm-loss, kl, top1, mc:FILE.jsonl"):
         make_scorer("mmlu", zoo_model("llama"), None, heldout)
+    with pytest.raises(ScoreError, match=r"held-out token ids \[N, S\]"):
+        make_scorer("kl", zoo_model("llama"), None, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ScoreError, match="tokenizer"):
+        make_scorer("mc:x.jsonl", zoo_model("llama"), None, None)
     with pytest.raises(ScoreError, match="not a number"):
         make_scorer(lambda m: "high", zoo_model("llama"), None, heldout)(None)
 
@@ -208,9 +212,9 @@ def test_mc_accuracy_when_the_answer_is_forced(tmp_path):
 def test_bad_mc_files_name_the_line_and_the_fix(tmp_path, lines, message):
     path = _write(tmp_path / "mc.jsonl", lines)
     with pytest.raises(DataError, match=message):
-        make_scorer(f"mc:{path}", None, None, None)
+        make_scorer(f"mc:{path}", None, zoo_tokenizer(), None)
 
 
 def test_missing_mc_file_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        make_scorer(f"mc:{tmp_path / 'none.jsonl'}", None, None, None)
+        make_scorer(f"mc:{tmp_path / 'none.jsonl'}", None, zoo_tokenizer(), None)
