@@ -23,9 +23,9 @@ models (hidden 2048+, vocab 32k+) a small one.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_importance import best_times
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from nemocompress.arch import get_adapter
@@ -38,23 +38,16 @@ from nemocompress.report import format_table
 TARGET = 1.2
 
 
-def best_times(fns, repeats: int) -> list[float]:
-    """Best wall time of each function, the functions run in turn ``repeats`` times (drift hits all alike)."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, slot in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            slot.append(time.perf_counter() - start)
-    return [min(t) for t in times]
-
-
 def candidate_plans(config, count: int, seed: int) -> list:
     """``count`` plans between about 50% and 90% of every width and of the layers, random unit choices."""
     adapter = get_adapter(config)
     scores = random_scores([(a.name, a.size) for a in adapter.axes(config)], seed=seed)
-    sizes = {"hidden_size": config.hidden_size, "ffn_hidden_size": config.intermediate_size,
-             "mamba_num_heads": config.mamba_num_heads, "moe_ffn_hidden_size": config.moe_intermediate_size}  # fmt: skip
+    sizes = {
+        "hidden_size": config.hidden_size,
+        "ffn_hidden_size": config.intermediate_size,
+        "mamba_num_heads": config.mamba_num_heads,
+        "moe_ffn_hidden_size": config.moe_intermediate_size,
+    }
     plans = []
     for i in range(count):
         share = 0.5 + 0.4 * i / max(count - 1, 1)
@@ -114,19 +107,30 @@ def main() -> None:
     def verdict(x: float) -> str:
         return "PASS" if x <= TARGET else "FAIL"
 
+    n = len(plans)
     rows = [
         ["plain forward over the validation set", f"{t_plain:.3f}", "1.00", ""],
-        [f"counted: (1 reference + {len(plans)} candidates) / {len(plans)}", "", f"{counted:.2f}", verdict(counted)],
-        ["timed: one masked candidate, kl", f"{t_masked:.3f}", f"{per_candidate:.2f}", verdict(per_candidate)],
-        ["timed: the cached reference (once per search)", f"{t_reference:.3f}", f"{t_reference / t_plain:.2f}", ""],
-        [f"timed: amortized over {len(plans)} candidates", "", f"{amortized:.2f}", verdict(amortized)],
+        [f"counted: (1 reference + {n} candidates) / {n}", "", f"{counted:.2f}", verdict(counted)],
+        [
+            "timed: one masked candidate, kl",
+            f"{t_masked:.3f}",
+            f"{per_candidate:.2f}",
+            verdict(per_candidate),
+        ],
+        [
+            "timed: the cached reference (once per search)",
+            f"{t_reference:.3f}",
+            f"{t_reference / t_plain:.2f}",
+            "",
+        ],
+        [f"timed: amortized over {n} candidates", "", f"{amortized:.2f}", verdict(amortized)],
         ["naive: evaluate(candidate, reference=parent)", "", "2.00 (counted)", ""],
-    ]  # fmt: skip
+    ]
     threads = torch.get_num_threads()
     print(
         f"nemotron_h {config.hidden_size} wide, {len(config.layers_block_type)} layers, vocab {args.vocab}; "
-        f"{args.samples} x {args.seq_len} tokens, batch {args.batch_size}, {args.device}, {threads} threads, "
-        f"best of {args.repeats}; kl of the {len(plans)} candidates {min(values):.3f}..{max(values):.3f} nats"
+        f"{args.samples} x {args.seq_len} tokens, batch {args.batch_size}, {args.device}, {threads} "
+        f"threads, best of {args.repeats}; kl of the {n} candidates {min(values):.3f}..{max(values):.3f}"
     )
     print(format_table(rows, ["", "seconds", "forward passes per candidate", f"target <= {TARGET}"]))
 

@@ -9,7 +9,8 @@ Scores (``spec``):
 - ``"lm-loss"``: mean next-token cross-entropy on the held-out tokens (nats; lower is better);
 - ``"kl"``: mean KL(parent || candidate) per target token (nats; lower is better);
 - ``"top1"``: share of target tokens where the candidate's and the parent's most likely token agree;
-- ``"mc:FILE.jsonl"``: multiple-choice accuracy by log-likelihood (:func:`load_choices`, :func:`choice_loglikelihoods`);
+- ``"mc:FILE.jsonl"``: multiple-choice accuracy by log-likelihood (:func:`load_choices`,
+  :func:`choice_loglikelihoods`);
 - a callable ``model -> float``: higher is better unless it has an attribute ``higher_is_better = False``.
 
 lm-loss, kl and top1 are :func:`nemocompress.evaluate.evaluate` (the one evaluation); kl and top1 compare
@@ -166,9 +167,9 @@ def _reference_scorer(
         if needed > limit_bytes:
             n, s = heldout_ids.shape
             raise ScoreError(
-                f"--score kl caches the parent's next-token probabilities on CPU: {n} samples x {s - 1} targets x "
-                f"{_logit_width(parent)} logits x 4 bytes = {needed / 2**30:.1f} GiB, above the "
-                f"{limit_bytes / 2**30:.1f} GiB limit: score on fewer held-out samples (--score-samples) "
+                f"--score kl caches the parent's next-token probabilities on CPU: {n} samples x "
+                f"{s - 1} targets x {_logit_width(parent)} logits x 4 bytes = {needed / 2**30:.1f} GiB, "
+                f"above the {limit_bytes / 2**30:.1f} GiB limit: score on fewer held-out samples (--score-samples) "
                 "or shorter ones, or use --score top1 or lm-loss"
             )
     compare = _cached_reference(parent, heldout_ids, name == "kl", batch_size, progress)
@@ -210,10 +211,11 @@ def make_scorer(
         heldout_ids: ``LongTensor [N, S]`` of packed held-out tokens (e.g. ``build_samples(...).heldout``),
             never seen by importance or distillation; used by lm-loss, kl and top1.
         batch_size: samples (or, for ``mc:``, question + choice sequences) per forward.
-        reference_limit_bytes: for ``kl``, the parent's full next-token distributions are kept on CPU in
-            float32, ``N * (S - 1) * vocab * 4`` bytes (:func:`reference_bytes`; 16 samples of 512 tokens with a
-            128k vocabulary: 4.0 GiB); above this limit (default 4 GiB) ``ScoreError`` is raised before any
-            forward. ``top1`` keeps the parent's top-1 token only (``N * (S - 1) * 8`` bytes).
+        reference_limit_bytes: for ``kl``, the parent's full next-token distributions are kept on CPU
+            in float32, ``N * (S - 1) * vocab * 4`` bytes (:func:`reference_bytes`; 16 samples of 512
+            tokens with a 128k vocabulary: 4.0 GiB); above this limit (default 4 GiB) ``ScoreError`` is
+            raised before any forward. ``top1`` keeps the parent's top-1 token only (``N * (S - 1) * 8``
+            bytes).
 
     For kl and top1 this runs one forward pass of the parent over ``heldout_ids``; each candidate then
     costs one forward pass of the candidate.
@@ -299,7 +301,8 @@ def _parse_choices(line: str, where: str) -> Choices:
     if isinstance(answer, str):
         if answer not in choices:
             raise DataError(
-                f"{where}: 'answer' {answer!r} is not one of the choices: give the choice text exactly or its index"
+                f"{where}: 'answer' {answer!r} is not one of the choices: "
+                "give the choice text exactly or its index"
             )
         answer = choices.index(answer)
     elif isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):

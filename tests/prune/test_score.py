@@ -1,6 +1,6 @@
-"""Zero-shot candidate scores (prune/score.py): a masked candidate scores what its sliced model scores, keep-all
-scores what the parent scores and leaves no mask behind, the parent's reference costs one forward pass in all,
-multiple-choice accuracy equals a brute-force computation, and bad input gives one-line errors."""
+"""Zero-shot candidate scores (prune/score.py): a masked candidate scores what its sliced model scores,
+keep-all scores what the parent scores and leaves no mask behind, the parent's reference costs one forward
+pass in all, multiple-choice accuracy equals a brute-force computation, bad input gives one-line errors."""
 
 import json
 
