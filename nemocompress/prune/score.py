@@ -169,8 +169,8 @@ def _reference_scorer(
             raise ScoreError(
                 f"--score kl caches the parent's next-token probabilities on CPU: {n} samples x "
                 f"{s - 1} targets x {_logit_width(parent)} logits x 4 bytes = {needed / 2**30:.1f} GiB, "
-                f"above the {limit_bytes / 2**30:.1f} GiB limit: score on fewer held-out samples (--score-samples) "
-                "or shorter ones, or use --score top1 or lm-loss"
+                f"above the {limit_bytes / 2**30:.1f} GiB limit: score on fewer held-out samples "
+                "(--score-samples) or shorter ones, or use --score top1 or lm-loss"
             )
     compare = _cached_reference(parent, heldout_ids, name == "kl", batch_size, progress)
 
