@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from helpers import logits, random_plan
+from torch.nn.utils import parametrize
 
 from nemocompress.arch import get_adapter
 from nemocompress.data import DataError
@@ -62,7 +63,7 @@ def test_keep_all_scores_as_the_parent_and_removes_the_masks(heldout, tokens):
         if metric == "top1":
             assert plain == 1.0
     assert torch.equal(logits(model, tokens), before)
-    assert not any(hook for m in model.modules() for hook in m._forward_hooks.values())
+    assert not any(m._forward_hooks or parametrize.is_parametrized(m) for m in model.modules())
 
 
 def test_masks_are_removed_when_scoring_raises(heldout, tokens):
