@@ -374,7 +374,8 @@ def search(
                 teacher=str(model_dir), student=str(student), data=str(data), output_dir=str(run),
                 steps=search_options.kd_steps, seq_len=search_options.seq_len,
                 batch_size=search_options.batch_size, lr=search_options.kd_lr, seed=search_options.seed,
-                eval_every=0, save_every=max(1, search_options.kd_steps // 4), resume=run.exists(),
+                eval_every=0, eval_samples=search_options.score_samples,
+                save_every=max(25, search_options.kd_steps // 4), resume=run.exists(),
                 progress=progress,
             )  # fmt: skip
             return distill(cfg).final_dir
