@@ -1,4 +1,5 @@
-"""Zero-shot scoring cost per search candidate, in forward passes of the validation set (target <= 1.2).
+"""Zero-shot scoring cost per search candidate, in forward passes of the validation set (target <= 1.2),
+and the enumeration time of a 12B-class search space, in one run.
 
 ``--score kl`` compares each candidate with the parent's predictions, which ``make_scorer`` computes once
 (one parent forward over the validation set) and caches; each candidate is then the parent masked to it
@@ -15,6 +16,10 @@ The arithmetic over the vocabulary (loss, KL, top-1) grows with tokens x vocab, 
 parameters: on this 192-wide model with a 4096 vocabulary it is a visible share of a forward, on real
 models (hidden 2048+, vocab 32k+) a small one.
 
+Enumeration: the default space (ModelOpt's defaults: --max-width-pruning 0.4, --max-depth-pruning 0.2) of
+the published Nemotron Nano 12B v2 Base config under the Nano 2 budget (22.06 GiB - 5% - 1.3 GiB at 128k
+tokens, bf16, batch 1), every candidate costed from its config (no model built); best of 3.
+
     python benchmarks/bench_search_scoring.py
     python benchmarks/bench_search_scoring.py --candidates 20 --samples 16 --seq-len 512
     python benchmarks/bench_search_scoring.py --hidden 768 --vocab 32768    # a wider model
@@ -23,6 +28,9 @@ models (hidden 2048+, vocab 32k+) a small one.
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
 import torch
 from bench_importance import best_times
@@ -30,12 +38,30 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from nemocompress.arch import get_adapter
 from nemocompress.importance.weights import random_scores
+from nemocompress.prune.budget import Budget
 from nemocompress.prune.minitron import plan_from_targets
 from nemocompress.prune.score import make_scorer, score_masked
+from nemocompress.prune.search import SearchOptions, prepare_search
 from nemocompress.reference import REFERENCE_MODEL
 from nemocompress.report import format_table
 
 TARGET = 1.2
+NANO_12B = Path(__file__).parents[1] / "tests" / "prune" / "data" / "nemotron_nano_12b_v2_base.json"
+
+
+def enumeration_seconds(repeats: int = 3) -> tuple[float, object]:
+    """Best-of-``repeats`` seconds to build and enumerate the Nano 12B space under the Nano 2 budget."""
+    fields = {k: v for k, v in json.loads(NANO_12B.read_text()).items() if not k.startswith("_")}
+    config = AutoConfig.for_model(
+        fields.pop("model_type"), **{k: v for k, v in fields.items() if k != "architectures"}
+    )
+    budget = Budget(memory_gib=22.06, reserve_fraction=0.05, reserve_gib=1.3, context_length=131072)
+    best, prepared = float("inf"), None
+    for _ in range(repeats):
+        began = time.perf_counter()
+        prepared = prepare_search(config, budget, SearchOptions())
+        best = min(best, time.perf_counter() - began)
+    return best, prepared
 
 
 def candidate_plans(config, count: int, seed: int) -> list:
@@ -133,6 +159,14 @@ def main() -> None:
         f"threads, best of {args.repeats}; kl of the {n} candidates {min(values):.3f}..{max(values):.3f}"
     )
     print(format_table(rows, ["", "seconds", "forward passes per candidate", f"target <= {TARGET}"]))
+    seconds, prepared = enumeration_seconds()
+    e = prepared.enumeration
+    print(
+        f"\nenumeration, Nemotron Nano 12B v2 Base under the Nano 2 budget (19.66 GiB at 128k, bf16): "
+        f"{e.total:,} candidates costed, {e.fitting:,} fit, {seconds:.2f} s (best of 3) = "
+        f"{e.total / seconds:,.0f} candidates/s; closest: {e.candidates[0].name}, "
+        f"{e.candidates[0].memory_bytes / 2**30:.3f} GiB"
+    )
 
 
 if __name__ == "__main__":
