@@ -250,9 +250,16 @@ class SearchResult:
     report: dict = field(default_factory=dict)
 
     def table(self) -> str:
+        """The search space, how many candidates fit, and every scored candidate (the winner starred)."""
         from .search_report import summary_table
 
-        return summary_table(self.report)
+        e, space = self.prepared.enumeration, self.prepared.space
+        lines = [space.table(), *(f"note: {n}" for n in space.notes)]
+        lines.append(
+            f"{e.total:,} candidates, {e.rejected_by_config:,} refused by the config's rules, {e.fitting:,} meet "
+            f"every target; scored the closest {len(self.scored)}:"
+        )
+        return "\n".join([*lines, "", summary_table(self.report)])
 
 
 def _better(scorer, a: dict, b: dict, key: str) -> bool:
@@ -357,39 +364,49 @@ def _latency(cand: Candidate, records: dict, index: int) -> float:
     return measured["ms"] if measured else cand.latency_ms
 
 
+#: With --measure-latency, candidates measured at most per candidate scored (they are timed in list order).
+MEASURED_PER_SCORED = 4
+
+
 def _choose(
     prepared: PreparedSearch, state: SearchState, records: dict, measure, progress: bool
 ) -> list[int]:
     """Indices of the candidates to score: the first ``top_k``, or with ``measure`` the first ``top_k``
-    whose measured latency meets the target (every measurement saved)."""
+    whose measured latency meets the target, measuring at most ``MEASURED_PER_SCORED x top_k`` of them
+    (every measurement saved). The fastest candidate by the roofline estimate is measured first: when even
+    it misses the target, the search stops there and names what it measured."""
     o, budget = prepared.options, prepared.budget
     candidates = prepared.enumeration.candidates
     if measure is None:
         return list(range(min(o.top_k, len(candidates))))
-    chosen = []
-    bar = tqdm(total=o.top_k, desc="measured latency", disable=not progress)
-    for index, cand in enumerate(candidates):
+
+    def measured(index: int) -> float:
         done = records.get(("latency", index))
         if done is None:
-            done = {
-                "phase": "latency",
-                "index": index,
-                "ms": measure(candidate_config(prepared.config, cand)),
-            }
+            ms = measure(candidate_config(prepared.config, candidates[index]))
+            done = {"phase": "latency", "index": index, "ms": ms}
             state.add(done)
             records[("latency", index)] = done
-        if budget.latency_ms is None or done["ms"] <= budget.latency_ms:
+        return done["ms"]
+
+    def meets(index: int) -> bool:
+        return budget.latency_ms is None or measured(index) <= budget.latency_ms
+
+    fastest = min(range(len(candidates)), key=lambda i: candidates[i].latency_ms)
+    if not meets(fastest):
+        raise PlanError(
+            f"no candidate meets --target-latency {budget.latency_ms:g} ms on this machine: the fastest by the "
+            f"estimate measures {measured(fastest):.4g} ms; raise the target, or rank by the roofline estimate "
+            "(--device-profile) instead of --measure-latency"
+        )
+    chosen = []
+    limit = MEASURED_PER_SCORED * o.top_k
+    for index in tqdm(range(min(limit, len(candidates))), desc="measured latency", disable=not progress):
+        if meets(index):
             chosen.append(index)
-            bar.update()
             if len(chosen) == o.top_k:
                 break
-    bar.close()
-    if not chosen:
-        raise PlanError(
-            f"no candidate meets --target-latency {budget.latency_ms} ms when measured on this machine; "
-            "raise the target or use the roofline estimate (--device-profile) instead of --measure-latency"
-        )
-    return chosen
+    return chosen or [fastest]
 
 
 def candidate_config(config, cand: Candidate):
@@ -447,13 +464,17 @@ def measure_decode_ms(
     config, context_length: int, batch_size: int, dtype: torch.dtype, new_tokens: int = 8
 ) -> float:
     """Milliseconds of one decode step of a randomly initialized model of ``config`` on this machine (the
-    GPU if there is one), after a ``context_length``-token prompt: generating ``1 + new_tokens`` tokens minus
+    GPU if there is one, in ``dtype``; on a CPU in float32), after a ``context_length``-token prompt: generating ``1 + new_tokens`` tokens minus
     generating one, over ``new_tokens``; best of three. A long context makes this slow on a CPU."""
     import time
 
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        dtype = (
+            torch.float32
+        )  # CPU bfloat16 kernels are slow or missing (grouped expert matmuls refuse some shapes)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
     prompt = torch.randint(0, config.vocab_size, (batch_size, context_length), device=device)
     kwargs = dict(attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True, pad_token_id=0)

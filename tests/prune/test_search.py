@@ -182,3 +182,24 @@ def test_an_existing_state_needs_resume_or_overwrite(parent, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
     assert (out / "search" / "report.json").exists()
+
+
+def test_measured_latency_replaces_the_estimate_and_filters(parent, tmp_path):
+    budget = api.Budget(
+        params=_budget(parent / "model").params, latency_ms=1e6, measure_latency=True, context_length=8
+    )
+    result = api.search(parent / "model", tmp_path / "out", budget, parent / "text.txt", _options(top_k=2), CALIB,
+                        progress=False)  # fmt: skip
+    scored = result.report["scored"]
+    listed = {c["index"]: c for c in result.report["candidates"]}
+    assert len(scored) == 2
+    assert all(
+        s["latency_ms"] != listed[s["index"]]["latency_ms"] for s in scored
+    )  # measured, not the roofline
+    assert "mamba" in result.table() and "meet every target" in result.table()
+    with pytest.raises(
+        api.PlanError, match="no candidate meets --target-latency .* the fastest by the estimate measures"
+    ):
+        tight = api.Budget(params=budget.params, latency_ms=1e-9, measure_latency=True, context_length=8)
+        api.search(parent / "model", tmp_path / "out2", tight, parent / "text.txt", _options(top_k=2), CALIB,
+                   progress=False)  # fmt: skip
