@@ -19,6 +19,7 @@ __all__ = [
     "has_tokenizer",
     "load_causal_lm",
     "load_tokenizer",
+    "tokenizer_digest",
     "vocabulary",
 ]
 
@@ -35,11 +36,13 @@ class Vocabulary:
 
 def vocabulary(config: Any, tokenizer: Any | None) -> Vocabulary:
     """The :class:`Vocabulary` of a model config (its ``vocab_size``) and tokenizer."""
-    digest = None
-    if tokenizer is not None:
-        raw = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-    return Vocabulary(int(config.vocab_size), digest)
+    return Vocabulary(int(config.vocab_size), None if tokenizer is None else tokenizer_digest(tokenizer))
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """Hash of a tokenizer's token -> id map (16 hex digits): equal for tokenizers with the same vocabulary."""
+    raw = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def check_same_vocabulary(
