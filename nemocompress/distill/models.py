@@ -56,8 +56,9 @@ def check_same_vocabulary(
         why = f"the teacher {teacher_name} and the student {student_name} have different tokenizers"
     if why:
         raise DistillError(
-            f"{why}: logit distillation needs one shared vocabulary. Cross-tokenizer distillation is a "
-            "separate mode (nemocompress.xtoken); or give the student the teacher's tokenizer and vocab size"
+            f"{why}: same-tokenizer logit distillation needs one shared vocabulary. For a teacher with another "
+            "tokenizer pass --kd-loss pkl (cross-tokenizer; also hkl, uld, gold), or give the student the "
+            "teacher's tokenizer and vocab size"
         )
 
 
