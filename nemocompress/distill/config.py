@@ -72,7 +72,12 @@ class DistillConfig:
     tokens of the global batch. ``kd_loss``: ``kl`` forward KL(teacher || student) (default, as the
     papers), ``rkl`` reverse KL, ``jsd`` generalized JSD with ``jsd_beta``, ``tvd`` total variation,
     ``topk-kl`` forward KL against the teacher's ``top_k`` logits (from ``teacher_cache``, or computed
-    live). ``temperature`` softens both distributions (loss times T^2). ``intermediate``: ``cosine`` or
+    live); with ``import nemocompress.xtoken`` (the CLI and :mod:`nemocompress.api` load it) also the
+    cross-tokenizer losses ``pkl``, ``hkl``, ``uld`` and ``gold`` for a teacher with another tokenizer
+    (``projection``: a W file from ``nemocompress xtoken map``, else W is built and cached beside
+    ``output_dir``; ``ce_mix``: ``dynamic`` mixes CE as sg(CE/KD) * KD + CE, ``fixed`` uses
+    ``kd_weight`` / ``ce_weight``; evaluation then reports loss and bits per byte, not KL to the
+    teacher). ``temperature`` softens both distributions (loss times T^2). ``intermediate``: ``cosine`` or
     ``mse`` between hidden states of ``layer_map`` pairs ``(student_layer, teacher_layer)`` indexing
     ``output_hidden_states`` (0 = embeddings; None maps student layer i to teacher layer
     round(i * L_t / L_s), i = 1..L_s), through a learned projection when widths differ;

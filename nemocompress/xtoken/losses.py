@@ -7,7 +7,7 @@ side belong to each aligned chunk (:func:`chunks_from_alignments`). Probabilitie
 same-tokenizer losses are.
 
 - :func:`pkl_loss` (X-Token P-KL): the teacher's top-k columns chosen once per batch by the largest teacher
-  logit over all positions; student probabilities projected through W restricted to those columns
+  logit over all positions of the batch (padding included, as the reference code); student probabilities projected through W restricted to those columns
   (:func:`~nemocompress.xtoken.sparse.sparse_project`), averaged per chunk and renormalized; teacher
   log-probabilities over the same columns averaged per chunk and renormalized; forward KL divided by the
   number of chunks.
@@ -207,7 +207,7 @@ def _merged(probs: Tensor, chunk: Tensor, target: Tensor, num_chunks: int) -> Te
 
 def _columns(teacher_rows: Tensor, k: int) -> Tensor:
     """The teacher's top-k columns over a batch: those with the largest logit at any position."""
-    return teacher_rows.amax(0).topk(min(k, teacher_rows.shape[1])).indices
+    return teacher_rows.amax(0).topk(min(k, teacher_rows.shape[1])).indices.sort().values
 
 
 # ---------------------------------------------------------------------- the losses
@@ -230,13 +230,16 @@ def pkl_loss(
     """
     if chunks.num_chunks == 0:
         return _zero(student_logits)
-    teacher = _rows(teacher_logits, chunks.teacher_pos)
-    cols = _columns(teacher, top_k)
-    log_t = torch.log_softmax(teacher[:, cols] / temperature, dim=-1)
+    # columns first, then rows: no copy of either model's [positions, V] rows is made
+    teacher = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+    cols = _columns(teacher, top_k)  # over every position of the batch, as the reference code
+    teacher = teacher[:, cols].to(compute_dtype(teacher_logits))[chunks.teacher_pos]
+    log_t = torch.log_softmax(teacher / temperature, dim=-1)
     log_t = torch.log_softmax(_chunk_mean(log_t, chunks.teacher_chunk, chunks.num_chunks), dim=-1)
-    probs = torch.softmax(_rows(student_logits, chunks.student_pos) / temperature, dim=-1)
-    sliced = projection.columns(cols)
-    q = _chunk_mean(sparse_project(probs, sliced, values), chunks.student_chunk, chunks.num_chunks)
+    student = student_logits.reshape(-1, student_logits.shape[-1]).to(compute_dtype(student_logits))
+    probs = torch.softmax(student / temperature, dim=-1)
+    projected = sparse_project(probs, projection.columns(cols), values)[chunks.student_pos]
+    q = _chunk_mean(projected, chunks.student_chunk, chunks.num_chunks)
     q = q.clamp_min(_EPS)
     log_q = (q / q.sum(-1, keepdim=True)).log()
     kl = (log_t.exp() * (log_t - log_q)).sum(-1)

@@ -346,7 +346,8 @@ def build_projection(
         "seconds": time.perf_counter() - started,
     }
     examples = []
-    for s in sorted(forward, key=lambda s: (-len(forward[s]), s))[:6]:
+    shown = [s for s in forward if student.pieces[s].strip()]  # numbers first: the tokens X-Token is about
+    for s in sorted(shown, key=lambda s: (not student.pieces[s].strip().isdigit(), -len(forward[s]), s))[:6]:
         examples.append(
             (display(student.pieces[s]), [(display(teacher.pieces[t]), w) for t, w in rows.get(s, [])])
         )
