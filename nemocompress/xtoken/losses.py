@@ -164,15 +164,15 @@ def _rows(logits: Tensor, pos: Tensor) -> Tensor:
 
 
 def _chunk_mean(values: Tensor, chunk: Tensor, num_chunks: int) -> Tensor:
-    """``[N, K]`` rows averaged per chunk id ``[N]`` -> ``[C, K]``."""
-    total = values.new_zeros(num_chunks, values.shape[1]).index_add(0, chunk, values)
-    counts = torch.bincount(chunk, minlength=num_chunks).clamp_min(1).to(values.dtype)
-    return total / counts[:, None]
+    """``[N, K]`` rows averaged per chunk id ``[N]`` -> ``[C, K]``; the rows of a chunk are consecutive and
+    every chunk has one (a segment reduction: ``index_add`` is 5x slower on CPU)."""
+    lengths = torch.bincount(chunk, minlength=num_chunks)
+    return torch.segment_reduce(values, "mean", lengths=lengths, axis=0)
 
 
 def _per_row_mean(per_chunk: Tensor, chunks: Chunks) -> Tensor:
     """TRL's reduction: mean over each sample's chunks, then over samples (a sample without chunks adds 0)."""
-    rows = per_chunk.new_zeros(chunks.num_rows).index_add(0, chunks.row, per_chunk)
+    rows = per_chunk.new_zeros(chunks.num_rows).scatter_add(0, chunks.row, per_chunk)
     counts = torch.bincount(chunks.row, minlength=chunks.num_rows).clamp_min(1).to(per_chunk.dtype)
     return (rows / counts).mean()
 
@@ -201,7 +201,7 @@ def _merged(probs: Tensor, chunk: Tensor, target: Tensor, num_chunks: int) -> Te
     first[1:] = chunk[1:] != chunk[:-1]
     observed = probs.gather(1, target[:, None]).squeeze(1).clamp_min(_TRL_EPS)
     log_factor = torch.zeros(num_chunks, dtype=probs.dtype, device=probs.device)
-    log_factor = log_factor.index_add(0, chunk[~first], observed[~first].log())
+    log_factor = log_factor.scatter_add(0, chunk[~first], observed[~first].log())
     return probs[first] * log_factor.exp()[:, None]
 
 

@@ -48,3 +48,8 @@ def teacher_tok():
     return byte_bpe(
         600, split_digits=True, specials=["<eos>", "<|im_start|>", "<pad>"], corpus=TEACHER_CORPUS
     )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every xtoken test runs on one thread (tiny tensors: threads only contend on a shared machine)."""
