@@ -21,7 +21,7 @@ from .data import build_samples
 from .demo import DEMO_EXPORT, DemoResult, demo
 from .distill import DistillConfig, DistillResult, TeacherCacheResult, cache_teacher, distill  # the commands
 from .distill.models import load_causal_lm, load_tokenizer, vocabulary
-from .errors import OutputError, PlanError, UnsupportedModelError
+from .errors import PlanError, UnsupportedModelError
 from .eval_report import (
     DIRECTIONS,
     REPORT_FORMAT,
@@ -412,11 +412,6 @@ def end_processes() -> None:
 # ---------------------------------------------------------------------- xtoken (cross-tokenizer)
 
 
-def _output_free(path: str | Path, overwrite: bool) -> None:
-    if Path(path).exists() and not overwrite:
-        raise OutputError(f"{path} already exists: pass --overwrite to replace it")
-
-
 def xtoken_map(
     student_tokenizer: str | Path,
     teacher_tokenizer: str | Path,
@@ -432,7 +427,7 @@ def xtoken_map(
     """
     from .xtoken import build_projection
 
-    _output_free(output, overwrite)  # before any work
+    check_output_dir(output, overwrite, inputs=(student_tokenizer, teacher_tokenizer))  # before any work
     student, teacher = load_tokenizer(student_tokenizer), load_tokenizer(teacher_tokenizer)
     projection = build_projection(student, teacher, top_k=top_k)
     projection.save(output, overwrite=overwrite)

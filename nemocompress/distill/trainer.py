@@ -388,13 +388,13 @@ def _loss_terms(
     else:
         student_logits, student_hidden = model(input_ids, hidden_layers)
         student_logits = student_logits[:, :-1]
-        if cross is not None:
+        if cross is not None:  # KD (the teacher runs on its own tokens) and CE, mixed
             logit_loss, kd, ce = cross(student_logits, input_ids, teacher, num_items)
-        if cross is None and config.kd_weight > 0:
-            kd = _logit_kd(student_logits, teacher_out, cached, config, num_items)
-        if cross is None and config.ce_weight > 0:
-            ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
-        if cross is None:
+        else:
+            if config.kd_weight > 0:
+                kd = _logit_kd(student_logits, teacher_out, cached, config, num_items)
+            if config.ce_weight > 0:
+                ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
             logit_loss = config.kd_weight * kd + config.ce_weight * ce
     loss = logit_loss
     if config.intermediate is not None:  # student_hidden[i] is already projected, teacher layer pairs[i][1]

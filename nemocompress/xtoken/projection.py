@@ -33,8 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..checkpoint import check_output_dir
 from ..distill.models import tokenizer_digest
-from ..errors import OutputError
 from ..report import format_table
 from .sparse import SparseMatrix
 from .vocab import TokenBytes, XTokenError, display
@@ -124,9 +124,7 @@ class Projection:
     # ------------------------------------------------------------------ safetensors
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write W, its fingerprints and statistics to one safetensors file (beside, then renamed)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path} already exists: pass --overwrite to replace it")
+        path = check_output_dir(path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         m = self.matrix
         meta = {
