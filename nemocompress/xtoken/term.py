@@ -168,6 +168,9 @@ class CrossTokenizerKD:
         device = student_logits.device
         self._to(device)
         teacher_ids, valid, student_pieces, teacher_pieces = self.teacher_inputs(input_ids)
+        limit = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
+        if limit and teacher_ids.shape[1] > limit:  # the teacher's tokens outrun its context: cut them
+            teacher_ids, valid = teacher_ids[:, :limit], valid[:, :limit]
         with torch.no_grad():
             out = teacher(
                 input_ids=teacher_ids.to(device), attention_mask=valid.long().to(device), use_cache=False
