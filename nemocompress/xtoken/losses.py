@@ -205,9 +205,16 @@ def _merged(probs: Tensor, chunk: Tensor, target: Tensor, num_chunks: int) -> Te
     return probs[first] * log_factor.exp()[:, None]
 
 
-def _columns(teacher_rows: Tensor, k: int) -> Tensor:
-    """The teacher's top-k columns over a batch: those with the largest logit at any position."""
-    return teacher_rows.amax(0).topk(min(k, teacher_rows.shape[1])).indices.sort().values
+def _columns(teacher_logits: Tensor, k: int) -> Tensor:
+    """The teacher's top-k columns over a batch ``[..., V]``: those with the largest logit at any position."""
+    best = teacher_logits
+    while best.dim() > 1:  # one dimension at a time: a tuple of dims is 10x slower on a strided view
+        best = best.amax(dim=-2)
+    return best.topk(min(k, best.shape[0])).indices.sort().values
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    return logits if temperature == 1.0 else logits / temperature
 
 
 # ---------------------------------------------------------------------- the losses
@@ -230,14 +237,14 @@ def pkl_loss(
     """
     if chunks.num_chunks == 0:
         return _zero(student_logits)
-    # columns first, then rows: no copy of either model's [positions, V] rows is made
-    teacher = teacher_logits.reshape(-1, teacher_logits.shape[-1])
-    cols = _columns(teacher, top_k)  # over every position of the batch, as the reference code
-    teacher = teacher[:, cols].to(compute_dtype(teacher_logits))[chunks.teacher_pos]
-    log_t = torch.log_softmax(teacher / temperature, dim=-1)
+    # columns first, then rows, on the [B, S, V] tensors as given (a shifted logits view is not contiguous:
+    # flattening it would copy either model's whole logits)
+    cols = _columns(teacher_logits, top_k)  # over every position of the batch, as the reference code
+    teacher = teacher_logits[..., cols].to(compute_dtype(teacher_logits)).flatten(0, 1)[chunks.teacher_pos]
+    log_t = torch.log_softmax(_scaled(teacher, temperature), dim=-1)
     log_t = torch.log_softmax(_chunk_mean(log_t, chunks.teacher_chunk, chunks.num_chunks), dim=-1)
-    student = student_logits.reshape(-1, student_logits.shape[-1]).to(compute_dtype(student_logits))
-    probs = torch.softmax(student / temperature, dim=-1)
+    student = student_logits.to(compute_dtype(student_logits))
+    probs = torch.softmax(_scaled(student, temperature), dim=-1).flatten(0, 1)
     projected = sparse_project(probs, projection.columns(cols), values)[chunks.student_pos]
     q = _chunk_mean(projected, chunks.student_chunk, chunks.num_chunks)
     q = q.clamp_min(_EPS)
@@ -260,10 +267,14 @@ def hkl_loss(
         return _zero(student_logits)
     n = chunks.num_chunks
     p_s = _chunk_mean(
-        torch.softmax(_rows(student_logits, chunks.student_pos) / temperature, -1), chunks.student_chunk, n
+        torch.softmax(_scaled(_rows(student_logits, chunks.student_pos), temperature), -1),
+        chunks.student_chunk,
+        n,
     )
     p_t = _chunk_mean(
-        torch.softmax(_rows(teacher_logits, chunks.teacher_pos) / temperature, -1), chunks.teacher_chunk, n
+        torch.softmax(_scaled(_rows(teacher_logits, chunks.teacher_pos), temperature), -1),
+        chunks.teacher_chunk,
+        n,
     )
     a, b = p_t[:, common.teacher], p_s[:, common.student]
     rest_t = (1.0 - a.sum(-1, keepdim=True)).clamp_min(0.0)
@@ -325,8 +336,8 @@ def gold_loss(
 
 def _merged_pair(student_logits, teacher_logits, chunks: Chunks, temperature: float) -> tuple[Tensor, Tensor]:
     n = chunks.num_chunks
-    p_s = torch.softmax(_rows(student_logits, chunks.student_pos) / temperature, -1)
-    p_t = torch.softmax(_rows(teacher_logits, chunks.teacher_pos) / temperature, -1)
+    p_s = torch.softmax(_scaled(_rows(student_logits, chunks.student_pos), temperature), -1)
+    p_t = torch.softmax(_scaled(_rows(teacher_logits, chunks.teacher_pos), temperature), -1)
     s = _merged(p_s, chunks.student_chunk, chunks.student_target.to(p_s.device), n)
     t = _merged(p_t, chunks.teacher_chunk, chunks.teacher_target.to(p_t.device), n)
     return s, t

@@ -113,8 +113,7 @@ class _Project(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs: Tensor, values: Tensor, s: ColumnSlice) -> Tensor:
         values = values.to(probs.dtype)
-        w_t = _csr(s.t_crow, s.t_col, values[s.t_order], (s.shape[1], s.shape[0]))
-        out = (w_t @ probs.t()).t()  # (W^T @ P^T)^T: [N, K]
+        out = probs @ _csr(s.crow, s.col, values, s.shape)  # dense @ CSR: a contiguous [N, K]
         ctx.save_for_backward(probs, values)
         ctx.slice = s
         return out
@@ -124,10 +123,10 @@ class _Project(torch.autograd.Function):
         probs, values = ctx.saved_tensors
         s = ctx.slice
         grad_probs = grad_values = None
-        grad_out = grad_out.to(probs.dtype)
+        grad_out = grad_out.to(probs.dtype).contiguous()
         if ctx.needs_input_grad[0]:
-            w = _csr(s.crow, s.col, values, s.shape)
-            grad_probs = (w @ grad_out.t()).t()  # dY @ W^T = (W @ dY^T)^T: [N, R]
+            w_t = _csr(s.t_crow, s.t_col, values[s.t_order], (s.shape[1], s.shape[0]))
+            grad_probs = grad_out @ w_t  # dY @ W^T, contiguous [N, R] (a transposed one slows what follows)
         if ctx.needs_input_grad[1]:
             pattern = _csr(s.crow, s.col, torch.zeros_like(values), s.shape)
             sampled = torch.sparse.sampled_addmm(pattern, probs.t().contiguous(), grad_out, beta=0.0)
