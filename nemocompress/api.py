@@ -53,6 +53,7 @@ from .prune.search import (
 )
 from .prune.slice import slice_checkpoint
 from .report import format_table, human
+from .xtoken import Projection  # importing xtoken registers its KD losses: pkl, hkl, uld, gold
 from .zoo import ZOO, save_zoo_checkpoint, zoo_text
 
 __all__ = [
@@ -88,6 +89,10 @@ __all__ = [
     "distill",
     "TeacherCacheResult",
     "cache_teacher",
+    "Projection",
+    "TransplantResult",
+    "xtoken_map",
+    "xtoken_transplant",
 ]
 
 
@@ -506,3 +511,88 @@ def end_processes() -> None:
 
 
 # ---------------------------------------------------------------------- demo (in nemocompress.demo)
+
+
+# ---------------------------------------------------------------------- xtoken (cross-tokenizer)
+
+
+def xtoken_map(
+    student_tokenizer: str | Path,
+    teacher_tokenizer: str | Path,
+    output: str | Path,
+    top_k: int = 4,
+    overwrite: bool = False,
+) -> Projection:
+    """Build the projection W from a student tokenizer to a teacher one and save it (safetensors).
+
+    ``student_tokenizer`` / ``teacher_tokenizer``: directories holding a tokenizer (a checkpoint's, or
+    one saved with ``save_pretrained``). ``top_k``: teacher tokens kept per student token. Returns the
+    :class:`~nemocompress.xtoken.Projection` (``.table()`` prints its statistics).
+    """
+    from .xtoken import build_projection
+
+    check_output_dir(output, overwrite, inputs=(student_tokenizer, teacher_tokenizer))  # before any work
+    student, teacher = load_tokenizer(student_tokenizer), load_tokenizer(teacher_tokenizer)
+    projection = build_projection(student, teacher, top_k=top_k)
+    projection.save(output, overwrite=overwrite)
+    return projection
+
+
+@dataclass
+class TransplantResult:
+    """A model moved onto a new tokenizer: where it was written and the projection used."""
+
+    output_dir: Path
+    old_vocab: int
+    new_vocab: int
+    projection: Projection
+
+    def table(self) -> str:
+        s = self.projection.stats
+        rows = [
+            ["vocabulary (logits)", f"{self.old_vocab:,}", f"{self.new_vocab:,}"],
+            ["new tokens that are old tokens", "", f"{s.get('exact_share', 0.0):.1%}"],
+            ["new tokens mixed from old pieces", "", f"{1 - s.get('exact_share', 0.0):.1%}"],
+            ["mean old pieces per mixed token", "", f"{s.get('mean_pieces', 0.0):.2f}"],
+        ]
+        return format_table(rows, ["transplant", "before", "after"])
+
+
+TRANSPLANT_PROJECTION = "xtoken_projection.safetensors"
+
+
+def xtoken_transplant(
+    model: str | Path,
+    tokenizer: str | Path,
+    output: str | Path,
+    top_k: int = 4,
+    overwrite: bool = False,
+) -> TransplantResult:
+    """Give the checkpoint ``model`` the tokenizer in ``tokenizer``; write a stock checkpoint to ``output``.
+
+    Each new token's embedding (and untied LM-head row) is the W-weighted mixture of the old rows of the
+    tokens that spell it (:func:`nemocompress.xtoken.transplant.transplant_embeddings_`). ``output`` also
+    holds the W used (new -> old tokenizer, ``xtoken_projection.safetensors``): the projection a
+    cross-tokenizer distillation from the old model into the new one reads (``--projection``).
+    """
+    from .xtoken import build_projection
+    from .xtoken.transplant import transplant_embeddings_
+
+    check_output_dir(output, overwrite, inputs=(model,))
+    old_tokenizer, new_tokenizer = load_tokenizer(model), load_tokenizer(tokenizer)
+    lm = load_causal_lm(model)
+    old_vocab = int(lm.config.vocab_size)
+    projection = build_projection(new_tokenizer, old_tokenizer, top_k=top_k).resized(
+        len(new_tokenizer), old_vocab
+    )
+    transplant_embeddings_(lm, projection)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(new_tokenizer, name)
+        for config in (lm.config, lm.generation_config):
+            if config is not None and hasattr(config, name):
+                setattr(config, name, value)
+    with atomic_output_dir(output, overwrite, inputs=(model,)) as tmp:
+        lm.save_pretrained(tmp)
+        new_tokenizer.save_pretrained(tmp)
+        projection.save(tmp / TRANSPLANT_PROJECTION)
+    return TransplantResult(Path(output), old_vocab, int(lm.config.vocab_size), projection)

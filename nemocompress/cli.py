@@ -511,7 +511,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache-teacher", help="run the teacher once and store its top-k logits")
     _signature_flags(p, api.cache_teacher, _CACHE_TEACHER)
     p.set_defaults(func=_cache_teacher)
+    _xtoken_parser(sub)
     return parser
+
+
+# ---------------------------------------------------------------------- xtoken (cross-tokenizer)
+
+_XTOKEN_MAP = {
+    "student_tokenizer": {
+        "help": "directory with the student's tokenizer",
+        "flags": ("--student-tokenizer",),
+    },
+    "teacher_tokenizer": {
+        "help": "directory with the teacher's tokenizer",
+        "flags": ("--teacher-tokenizer",),
+    },
+    "output": {"help": "the projection W (.safetensors)", "flags": ("-o", "--output")},
+    "top_k": {"help": "teacher tokens kept per student token"},
+    "overwrite": {"help": "replace an existing file"},
+}
+_XTOKEN_TRANSPLANT = {
+    "model": {"help": "checkpoint directory (config.json + safetensors + tokenizer)", "flags": ("--model",)},
+    "tokenizer": {"help": "directory with the new tokenizer", "flags": ("--tokenizer",)},
+    "output": {"help": "output checkpoint directory (written atomically)", "flags": ("-o", "--output")},
+    "top_k": {"help": "old tokens mixed per new token"},
+    "overwrite": {"help": "replace an existing output directory"},
+}
+
+
+def _xtoken_map(args) -> None:
+    projection = api.xtoken_map(**_kwargs(args, _XTOKEN_MAP))
+    print(projection.table())
+    print(f"\nwrote {args.output}")
+
+
+def _xtoken_transplant(args) -> None:
+    result = api.xtoken_transplant(**_kwargs(args, _XTOKEN_TRANSPLANT))
+    print(result.table())
+    print(f"\nwrote {result.output_dir}")
+
+
+def _xtoken_parser(sub) -> None:
+    p = sub.add_parser(
+        "xtoken", help="cross-tokenizer tools: the projection W between vocabularies, transplant"
+    )
+    commands = p.add_subparsers(dest="xtoken_command", required=True)
+    m = commands.add_parser("map", help="build the projection W from a student tokenizer to a teacher one")
+    _signature_flags(m, api.xtoken_map, _XTOKEN_MAP)
+    m.set_defaults(func=_xtoken_map)
+    t = commands.add_parser("transplant", help="give a model a new tokenizer (embeddings mixed through W)")
+    _signature_flags(t, api.xtoken_transplant, _XTOKEN_TRANSPLANT)
+    t.set_defaults(func=_xtoken_transplant)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ __all__ = [
     "DistillError",
     "INTERMEDIATE_LOSSES",
     "KD_LOSSES",
+    "CE_MIXES",
     "MIXED_PRECISIONS",
     "RESUME_MAY_CHANGE",
 ]
@@ -30,6 +31,7 @@ CONFIG_VERSION = 1
 KD_LOSSES = kd_loss_names()
 INTERMEDIATE_LOSSES = intermediate_loss_names()
 MIXED_PRECISIONS = ("auto", "no", "bf16")
+CE_MIXES = ("dynamic", "fixed")
 # Fields that may differ between a run and its resumption: none changes what a step computes (the global
 # batch, batch_size x grad_accum x processes, is checked on its own).
 RESUME_MAY_CHANGE = frozenset(
@@ -70,7 +72,12 @@ class DistillConfig:
     tokens of the global batch. ``kd_loss``: ``kl`` forward KL(teacher || student) (default, as the
     papers), ``rkl`` reverse KL, ``jsd`` generalized JSD with ``jsd_beta``, ``tvd`` total variation,
     ``topk-kl`` forward KL against the teacher's ``top_k`` logits (from ``teacher_cache``, or computed
-    live). ``temperature`` softens both distributions (loss times T^2). ``intermediate``: ``cosine`` or
+    live); with ``import nemocompress.xtoken`` (the CLI and :mod:`nemocompress.api` load it) also the
+    cross-tokenizer losses ``pkl``, ``hkl``, ``uld`` and ``gold`` for a teacher with another tokenizer
+    (``projection``: a W file from ``nemocompress xtoken map``, else W is built and cached beside
+    ``output_dir``; ``ce_mix``: ``dynamic`` mixes CE as sg(CE/KD) * KD + CE, ``fixed`` uses
+    ``kd_weight`` / ``ce_weight``; evaluation then reports loss and bits per byte, not KL to the
+    teacher). ``temperature`` softens both distributions (loss times T^2). ``intermediate``: ``cosine`` or
     ``mse`` between hidden states of ``layer_map`` pairs ``(student_layer, teacher_layer)`` indexing
     ``output_hidden_states`` (0 = embeddings; None maps student layer i to teacher layer
     round(i * L_t / L_s), i = 1..L_s), through a learned projection when widths differ;
@@ -128,6 +135,20 @@ class DistillConfig:
     jsd_beta: float = field(default=0.5, metadata={"help": "beta of --kd-loss jsd"})
     top_k: int = field(default=64, metadata={"help": "teacher logits kept by topk-kl"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature"})
+    projection: str | None = field(
+        default=None,
+        metadata={
+            "help": "cross-tokenizer projection W from `nemocompress xtoken map` (pkl, hkl)",
+            "default_help": "built and cached beside -o",
+        },
+    )
+    ce_mix: str = field(
+        default="dynamic",
+        metadata={
+            "help": "how a cross-tokenizer loss mixes CE: dynamic sg(CE/KD)*KD + CE, or fixed --kd-weight/--ce-weight",
+            "choices": CE_MIXES,
+        },
+    )
     ce_weight: float = field(default=0.0, metadata={"help": "weight of the next-token CE term"})
     intermediate: str | None = field(
         default=None,
@@ -168,7 +189,7 @@ class DistillConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
-        for name in ("teacher", "student", "data", "output_dir", "teacher_cache"):
+        for name in ("teacher", "student", "data", "output_dir", "teacher_cache", "projection"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, str(value))
@@ -192,10 +213,12 @@ class DistillConfig:
             self.kd_loss = kd_loss_spec(self.kd_loss).name  # an older spelling (alias) becomes the name
         except (TypeError, ValueError):
             raise DistillError(
-                f"kd_loss must be one of {', '.join(kd_loss_names())}; got {self.kd_loss!r}"
+                f"kd_loss must be one of {', '.join(kd_loss_names())}; got {self.kd_loss!r} (the cross-tokenizer "
+                "losses pkl, hkl, uld and gold are registered by `import nemocompress.xtoken`)"
             ) from None
         for name, allowed in (
             ("mixed_precision", MIXED_PRECISIONS),
+            ("ce_mix", CE_MIXES),
             ("intermediate", (None, *intermediate_loss_names())),
         ):
             if getattr(self, name) not in allowed:
@@ -251,6 +274,14 @@ class DistillConfig:
                 )
         elif self.teacher is None and (self.kd_weight > 0 or self.intermediate is not None):
             raise DistillError("no teacher: pass --teacher DIR, or --teacher-cache DIR from `cache-teacher`")
+        aligned = kd_loss_spec(self.kd_loss).teacher == "aligned"
+        if aligned and self.intermediate is not None:
+            raise DistillError(
+                f"--kd-loss {self.kd_loss} compares two tokenizations, whose hidden states do not line up: "
+                "drop --intermediate"
+            )
+        if self.projection is not None and not aligned:
+            raise DistillError("--projection is for the cross-tokenizer losses: pass --kd-loss pkl or hkl")
         if self.resume and self.overwrite:
             raise DistillError(
                 "--resume continues the run in the output directory, --overwrite deletes it: pick one"

@@ -19,6 +19,7 @@ __all__ = [
     "has_tokenizer",
     "load_causal_lm",
     "load_tokenizer",
+    "tokenizer_digest",
     "vocabulary",
 ]
 
@@ -35,11 +36,13 @@ class Vocabulary:
 
 def vocabulary(config: Any, tokenizer: Any | None) -> Vocabulary:
     """The :class:`Vocabulary` of a model config (its ``vocab_size``) and tokenizer."""
-    digest = None
-    if tokenizer is not None:
-        raw = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-    return Vocabulary(int(config.vocab_size), digest)
+    return Vocabulary(int(config.vocab_size), None if tokenizer is None else tokenizer_digest(tokenizer))
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """Hash of a tokenizer's token -> id map (16 hex digits): equal for tokenizers with the same vocabulary."""
+    raw = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def check_same_vocabulary(
@@ -53,8 +56,9 @@ def check_same_vocabulary(
         why = f"the teacher {teacher_name} and the student {student_name} have different tokenizers"
     if why:
         raise DistillError(
-            f"{why}: logit distillation needs one shared vocabulary. Cross-tokenizer distillation is a "
-            "separate mode (nemocompress.xtoken); or give the student the teacher's tokenizer and vocab size"
+            f"{why}: same-tokenizer logit distillation needs one shared vocabulary. For a teacher with another "
+            "tokenizer pass --kd-loss pkl (cross-tokenizer; also hkl, uld, gold), or give the student the "
+            "teacher's tokenizer and vocab size"
         )
 
 

@@ -181,7 +181,17 @@ def distill(config: DistillConfig) -> DistillResult:
     student_vocab = vocabulary(student_config, tokenizer)
     if cache is not None:
         check_same_vocabulary(cache.vocabulary, student_vocab, f"cache {cache.path}", config.student)
-    if teacher_config is not None:
+    spec, cross = kd_loss_spec(config.kd_loss), None  # cross: the cross-tokenizer KD term (xtoken)
+    if teacher_config is not None and spec.teacher == "aligned":
+        if not has_tokenizer(config.student):
+            raise DistillError(f"--kd-loss {spec.name} needs the student's own tokenizer in {config.student}")
+        cross = spec.cross_tokenizer(
+            spec.name, tokenizer, load_tokenizer(config.teacher), student_width=student_vocab.size,
+            teacher_width=int(teacher_config.vocab_size), projection=config.projection,
+            cache=out.parent / f"{out.name}.projection.safetensors", temperature=config.temperature,
+            mix=config.ce_mix, kd_weight=config.kd_weight, ce_weight=config.ce_weight,
+        )  # fmt: skip
+    elif teacher_config is not None:
         teacher_tokenizer = load_tokenizer(config.teacher) if has_tokenizer(config.teacher) else None
         teacher_vocab = vocabulary(teacher_config, teacher_tokenizer)
         check_same_vocabulary(teacher_vocab, student_vocab, config.teacher, config.student)
@@ -254,7 +264,8 @@ def distill(config: DistillConfig) -> DistillResult:
         accelerator.init_trackers("nemocompress-distill", config=_tracker_config(config))
 
     def evaluate_and_log() -> None:
-        evaluated = _evaluate(model, teacher, heldout_ids, tokenizer, cache, config, accelerator.device)
+        reference = None if cross is not None else teacher  # KL and top-1 need one vocabulary
+        evaluated = _evaluate(model, reference, heldout_ids, tokenizer, cache, config, accelerator.device)
         record = {"step": step, **evaluated}
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
@@ -281,7 +292,7 @@ def distill(config: DistillConfig) -> DistillResult:
                 input_ids = train_ids[samples].to(accelerator.device)
                 cached = cache.topk("train", samples, config.top_k) if cache is not None else None
                 terms = _loss_terms(
-                    model, teacher, input_ids, cached, config, targets_per_micro, pairs, fused
+                    model, teacher, input_ids, cached, config, targets_per_micro, pairs, fused, cross
                 )
                 accelerator.backward(terms[0])
             sums += torch.stack(terms).detach().double()
@@ -346,6 +357,7 @@ def _loss_terms(
     num_items: float,
     pairs: list[tuple[int, int]],
     fused: tuple[Adapter, Adapter | None] | None = None,
+    cross=None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(loss, kd, ce, intermediate)`` of one micro-batch ``[B, S]``, each a sum over its targets / ``num_items``.
 
@@ -354,12 +366,13 @@ def _loss_terms(
     gradient of a step is exactly that of the token mean over the global batch. With ``fused``
     (the student's and, when KD needs it, the teacher's adapter, see :func:`_fused_head`) KD and CE
     come from the final hidden states through :func:`chunked_distill_loss_from_hidden`, so neither
-    model's ``[B, S, V]`` logits are made.
+    model's ``[B, S, V]`` logits are made. With ``cross`` (a cross-tokenizer KD term from
+    :mod:`nemocompress.xtoken`) the teacher reads its own tokenization of the text inside that term.
     """
     labels = input_ids[:, 1:]  # position t predicts token t + 1
     kd = ce = inter = torch.zeros((), device=input_ids.device)
     teacher_out = None
-    if teacher is not None and config.uses_teacher_model:
+    if teacher is not None and config.uses_teacher_model and cross is None:
         forward = fused[1].trunk(teacher) if fused is not None and fused[1] is not None else teacher
         with torch.no_grad():
             teacher_out = forward(input_ids=input_ids, use_cache=False, output_hidden_states=bool(pairs))
@@ -375,11 +388,14 @@ def _loss_terms(
     else:
         student_logits, student_hidden = model(input_ids, hidden_layers)
         student_logits = student_logits[:, :-1]
-        if config.kd_weight > 0:
-            kd = _logit_kd(student_logits, teacher_out, cached, config, num_items)
-        if config.ce_weight > 0:
-            ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
-        logit_loss = config.kd_weight * kd + config.ce_weight * ce
+        if cross is not None:  # KD (the teacher runs on its own tokens) and CE, mixed
+            logit_loss, kd, ce = cross(student_logits, input_ids, teacher, num_items)
+        else:
+            if config.kd_weight > 0:
+                kd = _logit_kd(student_logits, teacher_out, cached, config, num_items)
+            if config.ce_weight > 0:
+                ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
+            logit_loss = config.kd_weight * kd + config.ce_weight * ce
     loss = logit_loss
     if config.intermediate is not None:  # student_hidden[i] is already projected, teacher layer pairs[i][1]
         student_hidden = [h[:, :-1] for h in student_hidden]
@@ -443,7 +459,9 @@ def _fused_head(
     kd = config.kd_weight > 0
     models = [student, teacher] if kd else [student]
     reason = None
-    if kd and kd_loss_spec(config.kd_loss).per_token is None:
+    if kd and kd_loss_spec(config.kd_loss).teacher == "aligned":
+        reason = f"--kd-loss {config.kd_loss} compares two tokenizations chunk by chunk"
+    elif kd and kd_loss_spec(config.kd_loss).per_token is None:
         reason = f"--kd-loss {config.kd_loss} reads the teacher's top-k logits, not its full distribution"
     elif fsdp:
         reason = "under FSDP the LM heads are sharded"

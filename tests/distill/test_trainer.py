@@ -184,7 +184,7 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(assets, tmp_path, capsys):
         (
             ["--student", str(_bad_vocab_student(tmp_path / "vocab100"))],
             DistillError,
-            "Cross-tokenizer distillation",
+            "another tokenizer pass --kd-loss pkl",
         ),
         (["--data", str(tmp_path / "empty")], DataError, "holds no text"),
     ]

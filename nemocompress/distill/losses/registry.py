@@ -42,20 +42,27 @@ class KDLossSpec:
             chunked and fused with the LM heads); None for a loss that reads something else of the
             teacher (``teacher="topk"``).
         teacher: what the loss reads of the teacher: ``"logits"`` (full logits, or its hidden state
-            and LM head) or ``"topk"`` (its top-k logits and their indices, e.g. from a teacher cache).
+            and LM head), ``"topk"`` (its top-k logits and their indices, e.g. from a teacher cache) or
+            ``"aligned"`` (its full logits over its own tokenization of the same text: a cross-tokenizer
+            loss, computed through ``cross_tokenizer``).
         hyperparameters: keyword of ``per_token`` (and of :func:`kd_loss`) -> the
             :class:`~nemocompress.distill.DistillConfig` field that sets it. The temperature applies
             to every loss and is not listed.
         aliases: older spellings still accepted as ``divergence=`` arguments (e.g. ``"forward_kl"``).
         summary: one line for help texts.
+        cross_tokenizer: for ``teacher="aligned"``, a factory the trainer calls once with
+            ``(name, student_tokenizer, teacher_tokenizer, **settings)``; it returns the micro-batch term
+            ``(student_logits [B, S-1, V_s], input_ids [B, S], teacher, num_items) -> (loss, kd, ce)``
+            (registered by :mod:`nemocompress.xtoken`, which ``import nemocompress.xtoken`` loads).
     """
 
     name: str
     per_token: Callable[..., Tensor] | None
-    teacher: Literal["logits", "topk"] = "logits"
+    teacher: Literal["logits", "topk", "aligned"] = "logits"
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     summary: str = ""
+    cross_tokenizer: Callable[..., Any] | None = None
 
     def settings(self, config: Any) -> dict[str, Any]:
         """The loss's hyper-parameters read from ``config`` (a DistillConfig), as keyword arguments."""
@@ -74,6 +81,10 @@ def register_kd_loss(spec: KDLossSpec) -> KDLossSpec:
             raise ValueError(f"KD loss name {key!r} is already registered")
     if spec.per_token is None and spec.teacher == "logits":
         raise ValueError(f"KD loss {spec.name!r} reads full teacher logits, so it needs a per_token function")
+    if (spec.teacher == "aligned") != (spec.cross_tokenizer is not None):
+        raise ValueError(
+            f"KD loss {spec.name!r}: a cross_tokenizer factory goes with teacher='aligned', only"
+        )
     _KD_LOSSES[spec.name] = spec
     _KD_ALIASES.update({alias: spec.name for alias in spec.aliases})
     return spec

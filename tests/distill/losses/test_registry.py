@@ -39,13 +39,17 @@ def _choices(flag):
 
 
 def test_built_in_names_are_the_cli_and_config_spellings():
-    assert kd_loss_names() == ("kl", "rkl", "jsd", "tvd", "topk-kl")
+    # the same-tokenizer losses, then the cross-tokenizer ones (registered by nemocompress.xtoken, which cli loads)
+    assert kd_loss_names() == ("kl", "rkl", "jsd", "tvd", "topk-kl", "pkl", "hkl", "uld", "gold")
     assert intermediate_loss_names() == ("cosine", "mse")
     assert tuple(_choices("--kd-loss")) == kd_loss_names()
     assert tuple(_choices("--intermediate")) == intermediate_loss_names()
     for name in kd_loss_names():
         assert DistillConfig(**BASE, kd_loss=name).kd_loss == name
-    with pytest.raises(DistillError, match="kd_loss must be one of kl, rkl, jsd, tvd, topk-kl; got 'hinge'"):
+    with pytest.raises(
+        DistillError,
+        match="kd_loss must be one of kl, rkl, jsd, tvd, topk-kl, pkl, hkl, uld, gold; got 'hinge'",
+    ):
         DistillConfig(**BASE, kd_loss="hinge")
     assert kd_loss_spec("jsd").settings(DistillConfig(**BASE, jsd_beta=0.2)) == {"beta": 0.2}
     assert kd_loss_spec("topk-kl").teacher == "topk" and kd_loss_spec("topk-kl").per_token is None
