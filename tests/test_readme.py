@@ -21,6 +21,8 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
         ('{"ffn_hidden_size": 1024}', '{"ffn_hidden_size": 64}'),
         ("samples=32, seq_len=256", "samples=4, seq_len=16"),
         ("    ...", "    pass"),
+        ('parse_count("90M")', 'parse_count("80K")'),
+        ("api.SearchOptions(top_k=10)", "api.SearchOptions(top_k=2, seq_len=64, score_samples=2)"),
     ):
         assert placeholder in block, placeholder
         block = block.replace(placeholder, tiny)
@@ -28,6 +30,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "scores" / "meta.json").is_file()
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out-ffn" / "config.json").is_file()
     assert (tmp_path / "plan.json").is_file()
+    assert (tmp_path / "out-90m" / "search" / "report.json").is_file()
 
 
 def test_command_line_synopsis_uses_existing_flags():
@@ -36,6 +39,9 @@ def test_command_line_synopsis_uses_existing_flags():
     block = re.search(r"## Command line\n\n```bash\n(.*?)```", README.read_text(), re.S).group(1)
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
     for line in re.split(r"\n(?=nemocompress )", block.strip()):
-        parser = commands.choices[line.split()[1]]
+        words = line.split()
+        parser = commands.choices[words[1]]
+        nested = [a for a in parser._actions if isinstance(a.choices, dict) and words[2] in a.choices]
+        parser = nested[0].choices[words[2]] if nested else parser
         known = {flag for action in parser._actions for flag in action.option_strings}
         assert set(re.findall(r"(--[a-z][a-z0-9-]*)", line)) <= known, line.split("\n")[0]
