@@ -46,11 +46,14 @@ from nemocompress.arch import get_adapter
 from nemocompress.assets import fetch_smollm2, fetch_text
 from nemocompress.data import build_samples
 from nemocompress.distill import DistillConfig, distill
+from nemocompress.errors import PlanError
 from nemocompress.evaluate import evaluate
+from nemocompress.importance.selection import layer_ranking
 from nemocompress.importance.weights import random_scores
 from nemocompress.prune.budget import Budget
 from nemocompress.prune.cost import model_cost
 from nemocompress.prune.minitron import plan_from_targets
+from nemocompress.prune.plan import Plan
 from nemocompress.prune.search import SearchOptions, prepare_search
 from nemocompress.reference import reference_hybrid
 
@@ -99,15 +102,32 @@ def load(path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def depth_keep(config, target: int) -> int:
-    """The most layers whose model fits ``target`` params (which layers does not change the count here)."""
+def fitting_depth(config, target: int, found, selection: str, keep_max: int) -> int | None:
+    """The most layers (at most ``keep_max``) that fit ``target`` params when ``selection`` picks which by
+    layer importance, as ``api.prune --export-config '{"num_layers": N}'`` would; None when none fits
+    (e.g. every fitting choice drops the last attention layer of a hybrid)."""
     adapter = get_adapter(config)
     axes = [(a.name, a.size) for a in adapter.axes(config)]
-    for keep in range(adapter.num_layers(config) - 1, 0, -1):
-        plan = plan_from_targets(config, {"num_layers": keep}, random_scores(axes))
+    for keep in range(keep_max, 0, -1):
+        unit = random_scores(axes)  # widths are all kept; only the layer ranking matters
+        try:
+            unit["layers"] = layer_ranking(
+                found.layer_scores, adapter.num_layers(config), keep, "nmse", selection
+            )
+            plan = plan_from_targets(config, {"num_layers": keep}, unit)
+        except (PlanError, KeyError):  # drops the last attention layer; a window that was not scored
+            continue
         if count_params(plan.apply_config(config)) <= target:
             return keep
-    raise SystemExit("no depth fits the target")
+    return None
+
+
+def first_layers(config, keep: int):
+    """``config`` with its first ``keep`` layers (costs the same as any ``keep`` of a uniform model)."""
+    adapter = get_adapter(config)
+    return Plan(config.model_type, {}, adapter.sized_config(config, {}, list(range(keep)))).apply_config(
+        config
+    )
 
 
 def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
@@ -130,12 +150,16 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
 
     # one calibration for (a) and (b): unit scores and layer scores of windows of 1 and of the depth drop
     began = time.perf_counter()
-    keep = depth_keep(config, target)
     n_layers = get_adapter(config).num_layers(config)
+    # windows for contiguous selection: every size on a small model, else the drop of a uniform-layer model
+    if n_layers <= 12:
+        windows = tuple(range(1, n_layers))
+    else:
+        uniform = max(k for k in range(1, n_layers) if count_params(first_layers(config, k)) <= target)
+        windows = (1, n_layers - uniform)
     options = api.ImportanceOptions(samples=args.calib_samples, seq_len=args.seq_len)
     scores_dir = work / "importance"
-    windows = (1, n_layers - keep)
-    api.importance(parent_dir, data, scores_dir, options, windows, overwrite=True, progress=False)
+    found = api.importance(parent_dir, data, scores_dir, options, windows, overwrite=True, progress=False)
     timings["importance_s"] = time.perf_counter() - began
 
     def one_shot(tag: str, export: dict, opts) -> dict:
@@ -162,6 +186,10 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
     began = time.perf_counter()
     rows = []
     for selection in ("individual", "contiguous"):
+        keep = fitting_depth(config, target, found, selection, n_layers - 1)
+        if keep is None:
+            print(name, f"depth-only with {selection} selection: no layer count fits", flush=True)
+            continue
         opts = api.ImportanceOptions(
             samples=args.calib_samples, seq_len=args.seq_len, layer_selection=selection
         )
