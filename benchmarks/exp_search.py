@@ -63,11 +63,13 @@ METHODS = ("width", "depth", "search", "minipuzzle")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/exp_search")
-    p.add_argument("--parents", default="smollm2,hybrid", help="comma list of smollm2, hybrid")
+    p.add_argument(
+        "--parents", default="smollm2,hybrid", help="comma list of smollm2, hybrid, checkpoint dirs"
+    )
     p.add_argument("--hybrid-max-minutes", type=float, default=None, help="reference_hybrid(max_minutes)")
     p.add_argument("--target-fraction", type=float, default=2 / 3)
-    p.add_argument("--data-domain", default="shakespeare")
-    p.add_argument("--other-domain", default="python-stdlib")
+    p.add_argument("--data-domain", default="shakespeare", help="fetch_text name or a text file/folder")
+    p.add_argument("--other-domain", default="python-stdlib", help="fetch_text name or a text file/folder")
     p.add_argument("--calib-samples", type=int, default=16, help="activation calibration samples")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence everywhere")
     p.add_argument("--batch-size", type=int, default=4)
@@ -85,9 +87,14 @@ def count_params(config) -> int:
     return model_cost(config, 4096, 1, torch.bfloat16).params
 
 
+def corpus(domain: str) -> Path:
+    """A text file or folder, or a corpus name of ``nemocompress.assets.fetch_text``."""
+    return Path(domain) if Path(domain).exists() else fetch_text(domain)
+
+
 def heldout(tokenizer, domain: str, seq_len: int, start: int, num: int) -> torch.Tensor:
     """Held-out samples ``[start, start + num)`` of ``domain`` (the split no trainer or calibration sees)."""
-    ids = build_samples(tokenizer, fetch_text(domain), seq_len, num_heldout=start + num).heldout
+    ids = build_samples(tokenizer, corpus(domain), seq_len, num_heldout=start + num).heldout
     if len(ids) < start + num:
         raise SystemExit(f"{domain}: only {len(ids)} held-out samples of {seq_len} tokens")
     return ids[start:]
@@ -132,7 +139,7 @@ def first_layers(config, keep: int):
 
 def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    data = fetch_text(args.data_domain)
+    data = corpus(args.data_domain)
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
     parent = load(parent_dir)
     config = parent.config
@@ -194,6 +201,27 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
             samples=args.calib_samples, seq_len=args.seq_len, layer_selection=selection
         )
         rows.append(one_shot(f"depth_{selection}", {"num_layers": keep}, opts))
+    if not rows:  # a hybrid: per kind (the search's depth, which keeps the last attention layer)
+        skip = tuple(k for k in get_adapter(config).export_keys if k != "num_layers")
+        depth_options = SearchOptions(
+            max_depth_pruning=0.75, hparams_to_skip=skip, divisors={"num_layers": 1}, top_k=2, score="kl",
+            score_samples=args.val_samples, seq_len=args.seq_len, batch_size=args.batch_size,
+        )  # fmt: skip
+        result = api.search(
+            parent_dir, work / "depth_per_kind", budget, data, depth_options, options, scores=scores_dir,
+            overwrite=True, progress=False,
+        )  # fmt: skip
+        for e in result.scored:
+            row = {
+                "tag": "depth_per_kind",
+                "layers": e["layers"],
+                "params": e["params"],
+                "val_kl": e["score"],
+            }
+            row["winner"] = e is result.winner
+            rows.append(row)
+            print(name, json.dumps(row), flush=True)
+        rows.sort(key=lambda r: not r["winner"])
     choices["depth"] = rows
     pruned["depth"] = work / min(rows, key=lambda r: r["val_kl"])["tag"]
     timings["depth_s"] = time.perf_counter() - began
@@ -276,7 +304,9 @@ def main(argv=None) -> None:
     results = {"args": vars(args)}
     path = work / "results.json"
     for name in args.parents.split(","):
-        if name == "smollm2":
+        if Path(name).is_dir():  # any checkpoint (the tests use a zoo model)
+            parent_dir, name = Path(name), Path(name).name
+        elif name == "smollm2":
             parent_dir = fetch_smollm2()
         elif name == "hybrid":
             parent_dir = reference_hybrid(max_minutes=args.hybrid_max_minutes, progress=False)
