@@ -27,8 +27,11 @@ library): no pruning choice and no training step ever saw them. (The reference h
 train split of both domains, with the same document split.) Reported: loss and KL to the parent in
 nats/token, before and after the final distillation.
 
-Results go to ``WORKDIR/results.json`` and Markdown tables on stdout. Usage (the settings of RESULTS.md):
-  python benchmarks/exp_search.py --workdir /tmp/exp_search
+Results go to ``WORKDIR/results.json`` and Markdown tables on stdout. The defaults are small for 2 shared
+CPU cores (sequences of 64 tokens, batches of 4, 3 KD steps per MiniPuzzle candidate, 10 + 9 final steps):
+SmolLM2 alone took about 60 minutes on 2 heavily shared cores. Usage (the settings of RESULTS.md):
+  python benchmarks/exp_search.py --workdir /tmp/exp_search --parents smollm2
+  python benchmarks/exp_search.py --workdir /tmp/exp_search_hybrid --parents hybrid
 """
 
 from __future__ import annotations
@@ -70,16 +73,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-fraction", type=float, default=2 / 3)
     p.add_argument("--data-domain", default="shakespeare", help="fetch_text name or a text file/folder")
     p.add_argument("--other-domain", default="python-stdlib", help="fetch_text name or a text file/folder")
-    p.add_argument("--calib-samples", type=int, default=16, help="activation calibration samples")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence everywhere")
+    p.add_argument("--calib-samples", type=int, default=8, help="activation calibration samples")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence everywhere")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--val-samples", type=int, default=8)
     p.add_argument("--test-samples", type=int, default=16)
     p.add_argument("--width-configs", type=int, default=3)
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--kd-steps", type=int, default=5)
-    p.add_argument("--final-steps", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-4, help="peak lr of every distillation (search KD too)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--kd-steps", type=int, default=3)
+    p.add_argument("--final-steps", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-4, help="peak lr of every distillation (search KD too)")
     return p.parse_args(argv)
 
 
