@@ -45,7 +45,8 @@ MAX_LISTED = 20000
 
 
 def _top_share(choices: list[int], fraction: float) -> list[int]:
-    return sorted(choices)[int((1 - fraction) * len(choices)) :]
+    """The top ``fraction`` of ``choices``; always at least the largest (``--max-*-pruning 0`` keeps the size)."""
+    return sorted(choices)[min(int((1 - fraction) * len(choices)), len(choices) - 1) :]
 
 
 def _multiples(size: int, step: int) -> list[int]:
@@ -109,7 +110,7 @@ class SearchSpace:
             valid = _accepted(adapter, config, kind)
             pick = _top_share([c for c in _multiples(axis.size, step) if valid(c)], max_width_pruning)
             divisor, first = divs[key], len(pick)
-            while len(pick) < MIN_CHOICES and divisor > 1:
+            while len(pick) < MIN_CHOICES and divisor > 1 and max_width_pruning > 0:
                 divisor //= 2
                 finer = _top_share(
                     [c for c in _multiples(axis.size, math.lcm(divisor, axis.groups)) if valid(c)],
@@ -137,7 +138,7 @@ class SearchSpace:
                 _top_share(_multiples(total, divs["num_layers"]), max_depth_pruning),
                 divs["num_layers"],
             )
-            while len(num_layers) < MIN_CHOICES and divisor > 1:
+            while len(num_layers) < MIN_CHOICES and divisor > 1 and max_depth_pruning > 0:
                 divisor //= 2
                 num_layers = _top_share(_multiples(total, divisor), max_depth_pruning)
             if divisor != divs["num_layers"]:

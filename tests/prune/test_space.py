@@ -117,6 +117,20 @@ def test_small_model_divisors_scale_down_and_say_so():
     assert all(c >= 0.6 * 1536 for c in space.choices["ffn_hidden_size"])
 
 
+def test_zero_pruning_keeps_the_full_size_without_a_divisor_note():
+    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True)  # fmt: skip
+    width_only = SearchSpace.build(config, 0.4, 0.0)
+    assert width_only.num_layers == [30] and not any("num_layers" in n for n in width_only.notes)
+    found = prepare_search(config, Budget(params=90_000_000), SearchOptions(max_depth_pruning=0.0))
+    assert found.enumeration.candidates and all(
+        sum(c.layers.values()) == 30 and c.params <= 90_000_000 for c in found.enumeration.candidates
+    )
+    depth_only = SearchSpace.build(config, 0.0, 0.5)
+    assert depth_only.choices == {} and not any("divisor" in n for n in depth_only.notes)
+    assert min(depth_only.num_layers) == 16
+
+
 def test_depth_is_chosen_per_layer_kind_and_keeps_every_kind():
     space = SearchSpace.build(zoo_config("nemotron_h-hybrid"), 0.4, 0.5)
     assert space.layer_kinds == {"mamba": 2, "attention": 1, "mlp": 2, "moe": 1}
