@@ -511,7 +511,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache-teacher", help="run the teacher once and store its top-k logits")
     _signature_flags(p, api.cache_teacher, _CACHE_TEACHER)
     p.set_defaults(func=_cache_teacher)
+    _add_compress(sub)
     return parser
+
+
+def _add_compress(sub) -> None:
+    """`compress`: every flag parses unset as None, so that --recipe (or the recipe of a --resume) fills it."""
+    p = sub.add_parser("compress", help="importance -> plan -> prune -> distill -> eval in one resumable run")
+    p.add_argument("model", nargs="?", default=None, help="checkpoint directory (or `model:` in --recipe)")
+    p.add_argument("-o", "--output", required=True, help="run directory: stages/, model/, report.md")
+    p.add_argument("--recipe", default=None, help="recipe.yaml of an earlier run (or by hand); flags win")
+    p.add_argument("--resume", action="store_true", help="continue the run in -o (same recipe)")
+    p.add_argument("--overwrite", action="store_true", help="replace what -o holds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _dataclass_flags(p, api.CompressRecipe, parse_default=False)
+    p.set_defaults(func=_compress)
+
+
+def _compress(args) -> None:
+    result = api.compress(
+        args.output, args.recipe, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        model=args.model, **_dataclass_values(args, api.CompressRecipe),
+    )  # fmt: skip
+    print(result.table())
+    print(f"\nstudent: {result.model_dir}\nreport: {result.output_dir / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
