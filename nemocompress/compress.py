@@ -508,7 +508,7 @@ def _eval(recipe: CompressRecipe, stages: Path, progress: bool) -> None:
             result = api.eval_model(
                 model_dir, data, reference, samples=recipe.eval_samples, seq_len=recipe.seq_len,
                 seed=recipe.seed, batch_size=recipe.batch_size, context_length=recipe.context_length,
-                progress=progress,
+                generation_tokens=recipe.generation_tokens, progress=progress,
             )  # fmt: skip
             result.save(tmp / f"{name}.json")
             model = load_causal_lm(model_dir)
