@@ -110,7 +110,7 @@ class CompressRecipe:
     seq_len: int = field(
         default=512, metadata={"help": "tokens per sequence (calibration, search, KD, eval)"}
     )
-    batch_size: int = field(default=4, metadata={"help": "sequences per step and process"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step, split over the processes"})
     save_every: int = field(default=50, metadata={"help": "distillation checkpoint period in steps"})
     teacher_cache: str | None = field(
         default=None, metadata={"help": "teacher top-k logits from `nemocompress cache-teacher`"}
@@ -171,13 +171,13 @@ class CompressRecipe:
 
     # ------------------------------------------------------------------ the distillation's length
 
-    def steps(self, num_processes: int = 1) -> int:
-        """Optimizer steps: ``kd_steps``, or ``kd_tokens`` over the tokens of one global batch, or 200."""
+    def steps(self) -> int:
+        """Optimizer steps: ``kd_steps``, or ``kd_tokens`` over the tokens of one step, or 200."""
         if self.kd_tokens is not None:
             from .prune.budget import parse_count
 
             tokens = parse_count(self.kd_tokens, "--kd-tokens")
-            return math.ceil(tokens / (self.batch_size * self.seq_len * num_processes))
+            return math.ceil(tokens / (self.batch_size * self.seq_len))
         return 200 if self.kd_steps is None else self.kd_steps
 
     # ------------------------------------------------------------------ YAML
@@ -230,7 +230,8 @@ class CompressResult:
         return self.output_dir / "model"
 
     def table(self) -> str:
-        return summary_table(self.report)
+        """The summary (empty on the processes other than the main one, which do not read the report)."""
+        return summary_table(self.report) if self.report else ""
 
 
 _ROWS = (
@@ -269,12 +270,15 @@ def compress(
     run without ``resume`` of the same recipe or ``overwrite``) raises before anything is written.
     ``kd_steps=0`` warns: a pruned model is rarely useful before it is distilled.
     """
-    from accelerate import PartialState
-
     out = Path(output_dir).resolve()
-    state = PartialState()
+    state = _processes()
     _check_inputs(recipe)
-    if recipe.steps(state.num_processes) == 0:
+    if recipe.batch_size % state.num_processes:
+        raise CompressError(
+            f"--batch-size {recipe.batch_size} does not split over {state.num_processes} processes: make it a "
+            "multiple of the process count"
+        )
+    if recipe.steps() == 0:
         warnings.warn(
             "--kd-steps 0: the pruned model is not distilled; pruning without distillation loses most of the "
             "parent's quality (see report.md), so give it --kd-steps N unless you distill it yourself",
@@ -282,7 +286,7 @@ def compress(
         )
     if state.is_main_process:
         _open_output(recipe, out, resume, overwrite)
-    state.wait_for_everyone()
+    _barrier()
     stages = out / "stages"
     runs = {
         "01-importance": _importance,
@@ -296,14 +300,26 @@ def compress(
         if not _done(stages / name):
             if name in everyone or state.is_main_process:
                 run(recipe, stages, progress)
-        state.wait_for_everyone()
-    report = None
-    if state.is_main_process:
-        report = _finish(recipe, out)
-    state.wait_for_everyone()
-    return CompressResult(
-        out, report if report is not None else json.loads((out / "report.json").read_text())
-    )
+        _barrier()
+    if not state.is_main_process:
+        return CompressResult(out, {})  # the main process writes the report
+    return CompressResult(out, _finish(recipe, out))
+
+
+def _barrier() -> None:
+    """Wait for every process while there is a process group (the trainer ends its group when done)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _processes():
+    """accelerate's process state, as the trainer makes it (on CPU, gloo across processes under torchrun)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _done(stage: Path) -> bool:
@@ -467,29 +483,29 @@ def distill_config(recipe: CompressRecipe, stages: Path, progress: bool = True, 
     from .distill import DistillConfig
 
     run = stages / "04-distill"
-    steps = recipe.steps(num_processes)
+    steps = recipe.steps()
     return DistillConfig(
         teacher=recipe.model, student=str(stages / "03-prune"), data=recipe.data, output_dir=str(run),
         teacher_cache=recipe.teacher_cache, kd_loss="topk-kl" if recipe.teacher_cache else "kl",
-        steps=steps, seq_len=recipe.seq_len, batch_size=recipe.batch_size, lr=recipe.kd_lr,
+        steps=steps, seq_len=recipe.seq_len, batch_size=recipe.batch_size // num_processes, lr=recipe.kd_lr,
         min_lr=min(recipe.kd_lr, 1e-5), eval_every=max(1, steps // 4), eval_samples=min(16, recipe.eval_samples),
         save_every=recipe.save_every, seed=recipe.seed, resume=run.exists(), progress=progress,
     )  # fmt: skip
 
 
 def _distill(recipe: CompressRecipe, stages: Path, progress: bool) -> None:
-    from accelerate import PartialState
-
     from .distill import distill
 
-    state = PartialState()
+    state = _processes()
     run = stages / "04-distill"
-    if recipe.steps(state.num_processes) == 0:
+    if recipe.steps() == 0:
         if state.is_main_process:
             with atomic_output_dir(run) as tmp:
                 (tmp / DONE).write_text("skipped: --kd-steps 0\n")
         return
-    distill(distill_config(recipe, stages, progress, state.num_processes))
+    config = distill_config(recipe, stages, progress, state.num_processes)  # every process, before any writes
+    _barrier()
+    distill(config)
     if state.is_main_process:
         (run / DONE).write_text("distilled\n")
 

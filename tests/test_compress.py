@@ -4,6 +4,7 @@ not stopping (bitwise), the recipe replayed, bad input."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import free_port
 from safetensors.torch import load_file
 
 from nemocompress import api
@@ -205,3 +207,55 @@ def test_an_output_holding_another_run_is_refused_unless_resume_of_the_same_reci
     assert main(_argv(parent, whole, "--target-params", TARGET, "--kd-steps", "7", "--resume")) == 2
     assert "kd_steps: 6 -> 7" in capsys.readouterr().err
     assert (whole / "report.json").read_text() == report  # nothing was touched
+
+
+_FSDP_CPU = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+machine_rank: 0
+num_processes: 2
+mixed_precision: 'no'
+use_cpu: true
+fsdp_config:
+  fsdp_auto_wrap_policy: NO_WRAP
+  fsdp_sharding_strategy: FULL_SHARD
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_use_orig_params: true
+"""
+
+
+@pytest.mark.parametrize(
+    "launcher", [pytest.param("fsdp", marks=pytest.mark.slow), "ddp"]
+)  # fsdp: a skip, 20 s
+def test_distill_stage_on_two_processes_equals_one(whole, tmp_path, launcher):
+    """The finished stages 01-03 of the one-process run, then distill + eval on two CPU processes (gloo):
+    the same recipe (--batch-size is split over the processes), so the same global batch and student."""
+    out = tmp_path / "two"
+    shutil.copytree(whole, out)
+    for name in ("stages/04-distill", "stages/05-eval", "model"):
+        shutil.rmtree(out / name)
+    (out / "report.json").unlink()
+    if launcher == "fsdp":
+        (tmp_path / "fsdp.yaml").write_text(_FSDP_CPU)
+        launch = ["-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+                  "--main_process_port", str(free_port())]  # fmt: skip
+    else:
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(api.__file__).parents[1])}
+    argv = [*launch, "-m", "nemocompress.cli", "compress", "-o", str(out), "--resume", "--no-progress"]
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=300)
+    if launcher == "fsdp" and "no available devices found" in done.stderr:
+        import accelerate
+
+        pytest.skip(
+            f"FSDP cannot run on CPU here: accelerate {accelerate.__version__}'s FullyShardedDataParallelPlugin "
+            "refuses a machine without an accelerator (RuntimeError: no available devices found); DDP is tested"
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(whole / "model"), _weights(out / "model")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    records = [
+        json.loads(x) for x in (out / "stages" / "04-distill" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len([r for r in records if "loss" in r]) == 6
