@@ -62,6 +62,9 @@ _CACHE_TEACHER = {
 _DEMO = {
     "samples": {"help": "held-out samples to score"},
     "seq_len": {"help": "tokens per sample"},
+    "target_params": {"help": "parameters of the compressed model"},
+    "kd_steps": {"help": "distillation steps (0: prune only)"},
+    "resume": {"help": "continue an interrupted demo in -o"},
 }
 _ZOO = {
     "seed": {"help": "weights and text seed"},
@@ -266,10 +269,11 @@ def _importance(args) -> None:
 
 
 def _demo(args) -> None:
-    ranking = {"ranking": args.importance} if args.importance else {}
-    result = api.demo(args.output, args.export_config, **ranking, **_kwargs(args, _DEMO))
+    result = api.demo(args.output, args.export_config, **_kwargs(args, _DEMO))
     print(result.table())
-    print(f"\npruned checkpoint: {result.prune.output_dir}")
+    print(
+        f"\ncompressed model: {result.compress.model_dir}\nreport: {result.compress.output_dir / 'report.md'}"
+    )
 
 
 def _eval(args) -> int:
@@ -470,12 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     _search_flags(p)
     p.set_defaults(func=_prune)
 
-    p = sub.add_parser("demo", help="fetch SmolLM2-135M and Shakespeare, prune, compare before/after")
-    p.add_argument(
-        "-o", "--output", default=None, help="where to write the pruned model (default: in the cache)"
+    p = sub.add_parser(
+        "demo", help="SmolLM2-135M compressed (search, prune, distill) on Shakespeare, compared"
     )
-    p.add_argument("--export-config", default=None, help=f"sizes (default {json.dumps(api.DEMO_EXPORT)})")
-    p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default activation)")
+    p.add_argument("-o", "--output", default=None, help="the compress run directory (default: in the cache)")
+    p.add_argument(
+        "--export-config",
+        default=None,
+        help=f"sizes instead of the target, e.g. {json.dumps(api.DEMO_EXPORT)}",
+    )
     _signature_flags(p, api.demo, _DEMO)
     p.set_defaults(func=_demo)
 
