@@ -271,6 +271,8 @@ def compress(
     ``kd_steps=0`` warns: a pruned model is rarely useful before it is distilled.
     """
     out = Path(output_dir).resolve()
+    if resume and overwrite:
+        raise CompressError("--resume continues the run in -o, --overwrite replaces it: pick one")
     state = _processes()
     _check_inputs(recipe)
     if recipe.batch_size % state.num_processes:

@@ -189,6 +189,8 @@ def test_kd_steps_zero_warns_and_the_student_is_the_pruned_model(parent, tmp_pat
         (["compress", "{model}", "--data", "{text}", "-o", "{out}", "--target-params", TARGET, "--kd-steps", "3",
           "--kd-tokens", "1M"], "not both"),  # fmt: skip
         (["compress", "{model}", "--data", "{text}", "-o", "{model}", "--target-params", TARGET], "is (or contains)"),
+        (["compress", "{model}", "--data", "{text}", "-o", "{out}", "--target-params", TARGET, "--resume",
+          "--overwrite"], "pick one"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(parent, tmp_path, capsys, argv, message):
