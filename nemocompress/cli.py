@@ -269,7 +269,8 @@ def _importance(args) -> None:
 
 
 def _demo(args) -> None:
-    result = api.demo(args.output, args.export_config, **_kwargs(args, _DEMO))
+    ranking = {"ranking": args.importance} if args.importance else {}
+    result = api.demo(args.output, args.export_config, **ranking, **_kwargs(args, _DEMO))
     print(result.table())
     print(
         f"\ncompressed model: {result.compress.model_dir}\nreport: {result.compress.output_dir / 'report.md'}"
@@ -483,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"sizes instead of the target, e.g. {json.dumps(api.DEMO_EXPORT)}",
     )
+    p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default activation)")
     _signature_flags(p, api.demo, _DEMO)
     p.set_defaults(func=_demo)
 

@@ -60,6 +60,12 @@ _TARGETS = ("target_params", "target_active_params", "target_memory")
 _GIB = 2**30
 
 
+def _rankings() -> tuple[str, ...]:
+    from .importance.rankings import RANKINGS
+
+    return tuple(RANKINGS)
+
+
 class CompressError(NemocompressError, ValueError):
     """A compress setting, recipe or output directory is wrong; the message names the fix."""
 
@@ -99,6 +105,7 @@ class CompressRecipe:
         default=0.0, metadata={"help": "largest share of layers the search may remove"}
     )
     top_k: int = field(default=4, metadata={"help": "candidates the search scores"})
+    importance: str = field(default="activation", metadata={"help": "unit ranking", "choices": _rankings})
     calib_samples: int = field(default=64, metadata={"help": "calibration samples for importance"})
     kd_steps: int | None = field(
         default=None, metadata={"help": "distillation steps; 0: none", "default_help": "200, or --kd-tokens"}
@@ -389,7 +396,7 @@ def _options(recipe: CompressRecipe):
     from .importance.options import ImportanceOptions
 
     return ImportanceOptions(
-        ranking="activation", samples=recipe.calib_samples, seq_len=recipe.seq_len, batch_size=recipe.batch_size,
+        ranking=recipe.importance, samples=recipe.calib_samples, seq_len=recipe.seq_len, batch_size=recipe.batch_size,
         seed=recipe.seed,
     )  # fmt: skip
 

@@ -38,6 +38,7 @@ class DemoResult:
 def demo(
     output_dir: str | Path | None = None,
     export_config: str | dict | None = None,
+    ranking: str = "activation",
     samples: int = 16,
     seq_len: int = 128,
     kd_steps: int = DEMO_KD_STEPS,
@@ -47,6 +48,7 @@ def demo(
 ) -> DemoResult:
     """Compress SmolLM2-135M to ``target_params`` (or to ``export_config`` sizes) on Shakespeare; compare.
 
+    ``ranking``: how units are ranked (:data:`nemocompress.importance.rankings.RANKINGS`).
     Loss (nats per token), bits per byte and KL to the parent are measured by
     :func:`nemocompress.evaluate.evaluate` on up to ``samples`` held-out samples of ``seq_len`` tokens;
     generation is greedy. ``resume`` continues an interrupted demo in ``output_dir``; otherwise it starts over.
@@ -61,7 +63,7 @@ def demo(
         output_dir, resume=resume, overwrite=not resume, progress=progress, model=parent,
         data=fetch_text("shakespeare"), kd_steps=kd_steps, kd_lr=1e-3, seq_len=seq_len, batch_size=4,
         calib_samples=32, eval_samples=samples, top_k=2, prompt=DEMO_PROMPT, generation_tokens=12,
-        save_every=10, **target,
+        save_every=10, importance=ranking, **target,
     )  # fmt: skip
     rows = []
     for name, model in result.report["models"].items():
