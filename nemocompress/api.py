@@ -596,3 +596,39 @@ def xtoken_transplant(
         new_tokenizer.save_pretrained(tmp)
         projection.save(tmp / TRANSPLANT_PROJECTION)
     return TransplantResult(Path(output), old_vocab, int(lm.config.vocab_size), projection)
+
+
+# ---------------------------------------------------------------------- compress (in nemocompress.compress)
+
+from .compress import RECIPE_FILE, CompressRecipe, CompressResult  # noqa: E402
+from .compress import compress as _compress  # noqa: E402
+
+__all__ += ["compress", "CompressRecipe", "CompressResult"]
+
+
+def compress(
+    output_dir: str | Path,
+    recipe: str | Path | CompressRecipe | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    **settings,
+) -> CompressResult:
+    """The Minitron recipe into ``output_dir``: importance -> plan -> prune -> distill -> eval, resumable.
+
+    ``settings`` are :class:`CompressRecipe` fields (``model``, ``data``, ``target_params``, ``kd_steps``,
+    ...); non-None ones win over ``recipe`` (a ``recipe.yaml`` path or a CompressRecipe). With ``resume`` and
+    no ``recipe``, the recipe saved in ``output_dir`` is the base, so ``compress(out, resume=True)``
+    continues a run; ``resume`` of another recipe is refused, as is an ``output_dir`` holding another run
+    without ``overwrite``. See :mod:`nemocompress.compress` for what ``output_dir`` holds.
+    """
+    saved = Path(output_dir) / RECIPE_FILE
+    if recipe is None and resume and saved.is_file():
+        recipe = saved
+    if isinstance(recipe, CompressRecipe):
+        built = CompressRecipe.from_dict(recipe.to_dict(), **settings)
+    elif recipe is not None:
+        built = CompressRecipe.from_yaml(recipe, **settings)
+    else:
+        built = CompressRecipe.from_dict({}, **settings)
+    return _compress(built, output_dir, resume=resume, overwrite=overwrite, progress=progress)

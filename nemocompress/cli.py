@@ -62,6 +62,9 @@ _CACHE_TEACHER = {
 _DEMO = {
     "samples": {"help": "held-out samples to score"},
     "seq_len": {"help": "tokens per sample"},
+    "target_params": {"help": "parameters of the compressed model"},
+    "kd_steps": {"help": "distillation steps (0: prune only)"},
+    "resume": {"help": "continue an interrupted demo in -o"},
 }
 _ZOO = {
     "seed": {"help": "weights and text seed"},
@@ -269,7 +272,9 @@ def _demo(args) -> None:
     ranking = {"ranking": args.importance} if args.importance else {}
     result = api.demo(args.output, args.export_config, **ranking, **_kwargs(args, _DEMO))
     print(result.table())
-    print(f"\npruned checkpoint: {result.prune.output_dir}")
+    print(
+        f"\ncompressed model: {result.compress.model_dir}\nreport: {result.compress.output_dir / 'report.md'}"
+    )
 
 
 def _eval(args) -> int:
@@ -470,11 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     _search_flags(p)
     p.set_defaults(func=_prune)
 
-    p = sub.add_parser("demo", help="fetch SmolLM2-135M and Shakespeare, prune, compare before/after")
-    p.add_argument(
-        "-o", "--output", default=None, help="where to write the pruned model (default: in the cache)"
+    p = sub.add_parser(
+        "demo", help="SmolLM2-135M compressed (search, prune, distill) on Shakespeare, compared"
     )
-    p.add_argument("--export-config", default=None, help=f"sizes (default {json.dumps(api.DEMO_EXPORT)})")
+    p.add_argument("-o", "--output", default=None, help="the compress run directory (default: in the cache)")
+    p.add_argument(
+        "--export-config",
+        default=None,
+        help=f"sizes instead of the target, e.g. {json.dumps(api.DEMO_EXPORT)}",
+    )
     p.add_argument("--importance", default=None, choices=RANKINGS, help="unit ranking (default activation)")
     _signature_flags(p, api.demo, _DEMO)
     p.set_defaults(func=_demo)
@@ -512,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     _signature_flags(p, api.cache_teacher, _CACHE_TEACHER)
     p.set_defaults(func=_cache_teacher)
     _xtoken_parser(sub)
+    _add_compress(sub)
     return parser
 
 
@@ -562,6 +572,28 @@ def _xtoken_parser(sub) -> None:
     t = commands.add_parser("transplant", help="give a model a new tokenizer (embeddings mixed through W)")
     _signature_flags(t, api.xtoken_transplant, _XTOKEN_TRANSPLANT)
     t.set_defaults(func=_xtoken_transplant)
+
+
+def _add_compress(sub) -> None:
+    """`compress`: every flag parses unset as None, so that --recipe (or the recipe of a --resume) fills it."""
+    p = sub.add_parser("compress", help="importance -> plan -> prune -> distill -> eval in one resumable run")
+    p.add_argument("model", nargs="?", default=None, help="checkpoint directory (or `model:` in --recipe)")
+    p.add_argument("-o", "--output", required=True, help="run directory: stages/, model/, report.md")
+    p.add_argument("--recipe", default=None, help="recipe.yaml of an earlier run (or by hand); flags win")
+    p.add_argument("--resume", action="store_true", help="continue the run in -o (same recipe)")
+    p.add_argument("--overwrite", action="store_true", help="replace what -o holds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _dataclass_flags(p, api.CompressRecipe, parse_default=False)
+    p.set_defaults(func=_compress)
+
+
+def _compress(args) -> None:
+    result = api.compress(
+        args.output, args.recipe, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        model=args.model, **_dataclass_values(args, api.CompressRecipe),
+    )  # fmt: skip
+    print(result.table())
+    print(f"\nstudent: {result.model_dir}\nreport: {result.output_dir / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
