@@ -26,6 +26,7 @@ from transformers import AutoConfig
 from .errors import CheckpointError, OutputError
 
 __all__ = [
+    "atomic_file",
     "TensorInfo",
     "load_config",
     "list_tensors",
@@ -370,6 +371,19 @@ def _no_space(target: Path, needed: int | None, free: int, mid_write: bool = Fal
         f"{what} {target}: it needs {need} bytes, {free:,} bytes are free on {target.parent}; "
         "free some space or choose another output directory"
     )
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write one file to; it replaces ``path`` (``os.replace``)
+    when the block succeeds and is removed when it fails, so ``path`` is always whole or absent."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_dir(new: str | Path, target: str | Path) -> None:

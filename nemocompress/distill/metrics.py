@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from ..checkpoint import atomic_file
 
 __all__ = ["MetricsLog", "plot_loss_curve", "read_metrics"]
 
@@ -37,9 +38,8 @@ class MetricsLog:
         kept = [r for r in read_metrics(self.path) if keep_until is not None and r["step"] <= keep_until]
         self.records = kept
         if enabled:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            with atomic_file(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         record = {k: _plain(v) for k, v in record.items()}

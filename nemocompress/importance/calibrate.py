@@ -7,7 +7,6 @@ sums are reduced across processes before any square root, so the result equals a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from ..arch import Adapter
+from ..checkpoint import atomic_file
 from ..data import calibration_samples
 from ..errors import OutputError
 from .activation import CONSTANT_STATS, ActivationCollector
@@ -113,10 +113,9 @@ class CalibrationCheckpoint:
 
     def save(self, done: int, sums: ImportanceArtifact) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(self.file.name + ".tmp")
         metadata = {"run": json.dumps(self.run, sort_keys=True), "done": str(done)}
-        safetensors.torch.save_file(sums.tensors(), str(tmp), metadata=metadata)
-        os.replace(tmp, self.file)
+        with atomic_file(self.file) as tmp:
+            safetensors.torch.save_file(sums.tensors(), str(tmp), metadata=metadata)
         self._saved_at = time.monotonic()
 
 

@@ -183,6 +183,22 @@ class Budget:
             "latency": self.latency_ms,
         }[metric]
 
+    def estimate_latency(self, cost: dict[str, np.ndarray]):
+        """:func:`decode_latency_ms` of a :class:`~nemocompress.prune.cost.CostModel` result on this budget's
+        device, batch, context and dtype."""
+        return decode_latency_ms(
+            cost["active_params"], cost["kv_cache_bytes"], cost["state_bytes"], cost["attention_width"],
+            self.batch_size, self.context_length, self.torch_dtype, self.profile,
+        )  # fmt: skip
+
+    def metrics(self, cost: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The targetable metrics of a CostModel result (``memory`` in bytes); latency by the roofline
+        estimate, left out when the budget measures it instead."""
+        out = {"params": cost["params"], "active_params": cost["active_params"], "memory": cost["memory"]}
+        if not self.measure_latency:
+            out["latency"] = self.estimate_latency(cost)
+        return out
+
     def fits(self, metrics: dict[str, np.ndarray]):
         """Boolean array: every target holds (``metrics``: target name -> values, e.g. ``memory`` in bytes)."""
         ok = True

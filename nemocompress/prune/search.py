@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arch import get_adapter
+from ..checkpoint import atomic_file
 from ..errors import OutputError, PlanError
 from .budget import Budget
 from .cost import CostModel
@@ -92,20 +93,15 @@ class PreparedSearch:
 
 
 def parent_metrics(config, budget: Budget) -> dict[str, float]:
-    from .budget import decode_latency_ms
-
+    """The unpruned model's params, active params, memory (bytes) and estimated latency under ``budget``."""
     c = CostModel(config)(
         context_length=budget.context_length, batch_size=budget.batch_size, dtype=budget.torch_dtype
     )
-    latency = decode_latency_ms(
-        c["active_params"], c["kv_cache_bytes"], c["state_bytes"], c["attention_width"], budget.batch_size,
-        budget.context_length, budget.torch_dtype, budget.profile,
-    )  # fmt: skip
     return {
         "params": int(c["params"]),
         "active_params": int(c["active_params"]),
         "memory": int(c["memory"]),
-        "latency": float(latency),
+        "latency": float(budget.estimate_latency(c)),
     }
 
 
@@ -151,9 +147,8 @@ def prepare_search(config, budget: Budget, options: SearchOptions) -> PreparedSe
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 class SearchState:

@@ -27,7 +27,7 @@ import numpy as np
 from ..arch import DEFAULT_DIVISORS, get_adapter
 from ..errors import PlanError
 from ..report import format_table
-from .budget import Budget, decode_latency_ms
+from .budget import Budget
 from .cost import CostModel
 
 __all__ = [
@@ -262,10 +262,7 @@ def _costs(space: SearchSpace, budget: Budget):
     )
     shape = (len(next(iter(widths.values()))) if widths else 1, len(depth))
     cost = {k: np.broadcast_to(v, shape) for k, v in cost.items()}
-    cost["latency"] = decode_latency_ms(
-        cost["active_params"], cost["kv_cache_bytes"], cost["state_bytes"], cost["attention_width"],
-        budget.batch_size, budget.context_length, budget.torch_dtype, budget.profile,
-    )  # fmt: skip
+    cost["latency"] = budget.estimate_latency(cost)
     valid = np.broadcast_to(adapter.valid_sizes(space.config, widths), shape)
     return widths, depth, cost, valid, kinds
 
@@ -278,9 +275,7 @@ def enumerate_candidates(space: SearchSpace, budget: Budget, limit: int = MAX_LI
 
     began = time.perf_counter()
     widths, depth, cost, valid, kinds = _costs(space, budget)
-    metrics = {"params": cost["params"], "active_params": cost["active_params"], "memory": cost["memory"]}
-    if not budget.measure_latency:
-        metrics["latency"] = cost["latency"]
+    metrics = budget.metrics(cost)
     fits = valid & budget.fits(metrics)
     w_idx, d_idx = np.nonzero(fits)
     order_keys = [metrics[m][w_idx, d_idx] for m in reversed(budget.targets) if m in metrics]
@@ -309,9 +304,7 @@ def enumerate_candidates(space: SearchSpace, budget: Budget, limit: int = MAX_LI
 def nearest_reachable(space: SearchSpace, budget: Budget) -> str | None:
     """When nothing fits: the binding target and the nearest value the space reaches, as an error message."""
     _, _, cost, valid, _ = _costs(space, budget)
-    metrics = {"params": cost["params"], "active_params": cost["active_params"], "memory": cost["memory"]}
-    if not budget.measure_latency:
-        metrics["latency"] = cost["latency"]
+    metrics = budget.metrics(cost)
     bounds = f"--max-width-pruning {space.max_width_pruning} / --max-depth-pruning {space.max_depth_pruning}"
     for metric in budget.targets:
         if metric not in metrics:

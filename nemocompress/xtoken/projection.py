@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..checkpoint import check_output_dir
+from ..checkpoint import atomic_file, check_output_dir
 from ..distill.models import tokenizer_digest
 from ..report import format_table
 from .sparse import SparseMatrix
@@ -132,17 +131,9 @@ class Projection:
             "student_fingerprint": self.student_fingerprint, "teacher_fingerprint": self.teacher_fingerprint,
             "top_k": str(self.top_k), "stats": json.dumps(self.stats), "examples": json.dumps(self.examples),
         }  # fmt: skip
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tensors = {
-                "crow": m.crow.contiguous(),
-                "col": m.col.contiguous(),
-                "values": m.values.contiguous(),
-            }
+        tensors = {"crow": m.crow.contiguous(), "col": m.col.contiguous(), "values": m.values.contiguous()}
+        with atomic_file(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
