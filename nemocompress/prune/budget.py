@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import PlanError
+from ..report import human
 
 __all__ = [
     "DEVICE_PROFILES",
@@ -214,7 +215,7 @@ class Budget:
     def describe(self, metric: str, value: float) -> str:
         """A value of ``metric`` for people: 5.1B params, 19.66 GiB, 12.3 ms."""
         if metric in ("params", "active_params"):
-            return f"{value / 1e9:.3g}B" if value >= 1e9 else f"{value / 1e6:.4g}M"
+            return human(value)
         if metric == "memory":
             return f"{value / _GIB:.4g} GiB"
         return f"{value:.4g} ms"

@@ -14,6 +14,7 @@ from nemocompress.prune.cost import CostModel, model_cost
 from nemocompress.prune.plan import make_plan
 from nemocompress.prune.search import SearchOptions, candidate_config, prepare_search
 from nemocompress.prune.space import SearchSpace, enumerate_candidates
+from nemocompress.report import human
 from nemocompress.zoo import ZOO, zoo_config
 
 DATA = Path(__file__).parent / "data"
@@ -163,7 +164,7 @@ def test_the_unreachable_message_names_the_nearest_reachable_value():
     )
     with pytest.raises(PlanError) as e:
         prepare_search(config, Budget(params=smallest - 1), SearchOptions())
-    assert f"{smallest / 1e6:.4g}M params" in str(e.value) and "--target-params" in str(e.value)
+    assert f"{human(smallest)} params" in str(e.value) and "--target-params" in str(e.value)
     assert prepare_search(config, Budget(params=smallest), SearchOptions()).enumeration.fitting >= 1
 
 
