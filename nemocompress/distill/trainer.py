@@ -25,6 +25,7 @@ deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -61,7 +62,7 @@ from .metrics import MetricsLog, plot_loss_curve
 from .models import check_same_vocabulary, has_tokenizer, load_causal_lm, load_tokenizer, vocabulary
 from .teacher_cache import TeacherCache
 
-__all__ = ["DistillResult", "distill", "latest_checkpoint", "lr_at"]
+__all__ = ["DistillResult", "TrainerExtension", "distill", "latest_checkpoint", "lr_at"]
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -109,31 +110,65 @@ def lr_at(step: int, config: DistillConfig) -> float:
     return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class TrainerExtension(nn.Module):
+    """What a method adds to the distillation loop (elastic training: routers that mask the student).
+
+    Its parameters are trained with the student's (same optimizer, at ``lr_scale`` times the learning rate;
+    DDP; checkpoints). ``forward()`` runs
+    inside the trained module's forward before every training micro-batch (so DDP sees its parameters
+    used): it may change how the student computes (masks) and returns a scalar added to the loss, logged
+    as ``loss_name``. :meth:`begin_step` is called before each optimizer step with the step (0-based) and
+    returns values for that step's metrics record; it must give every process the same state.
+    :meth:`evaluations` names the settings to evaluate the student in: ``(suffix, context manager)``
+    pairs, each evaluation's keys logged as ``eval/loss{suffix}`` and so on.
+    """
+
+    loss_name = "extra"
+    lr_scale = 1.0  # its parameters' learning rate, relative to the student's
+
+    def attach(self, student: nn.Module) -> None:
+        """Install on the student (its masks, say), once, before training."""
+
+    def begin_step(self, step: int) -> dict:
+        return {}
+
+    def evaluations(self) -> list[tuple[str, contextlib.AbstractContextManager]]:
+        return [("", contextlib.nullcontext())]
+
+
 class _Trainable(nn.Module):
-    """What the optimizer updates: the student and, for intermediate losses, the hidden-state projection."""
+    """What the optimizer updates: the student, for intermediate losses the hidden-state projection, and
+    an extension's parameters."""
 
     def __init__(
-        self, student: nn.Module, projection: HiddenStateProjection | None, adapter: Adapter | None = None
+        self,
+        student: nn.Module,
+        projection: HiddenStateProjection | None,
+        adapter: Adapter | None = None,
+        extension: TrainerExtension | None = None,
     ) -> None:
         super().__init__()
         self.student = student
         self.projection = projection
         self.adapter = adapter  # names the student's trunk and LM head, for the fused loss
+        self.extension = extension
 
     def forward(
         self, input_ids: Tensor, hidden_layers: tuple[int, ...] = (), head_loss=None
-    ) -> tuple[Tensor, list[Tensor]]:
-        """``[B, S]`` ids -> ``[B, S, V]`` logits and the projected hidden states of ``hidden_layers``.
+    ) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """``[B, S]`` ids -> ``[B, S, V]`` logits, the projected hidden states of ``hidden_layers`` and (in
+        training, with an extension) the extension's loss term.
 
         With ``head_loss`` the LM head is not run: the result is ``head_loss(last_hidden [B, S, D], lm_head)``
         instead of the logits (inside forward, so DDP sees the head's weight used).
         """
+        extra = self.extension() if self.extension is not None and self.training else None
         module = self.student if head_loss is None else self.adapter.trunk(self.student)
         out = module(input_ids=input_ids, use_cache=False, output_hidden_states=bool(hidden_layers))
         hidden = [self.projection(out.hidden_states[i]) for i in hidden_layers]
         if head_loss is None:
-            return out.logits, hidden
-        return head_loss(out.last_hidden_state, self.adapter.lm_head(self.student)), hidden
+            return out.logits, hidden, extra
+        return head_loss(out.last_hidden_state, self.adapter.lm_head(self.student)), hidden, extra
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -143,8 +178,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[5:]), default=None)
 
 
-def distill(config: DistillConfig) -> DistillResult:
+def distill(config: DistillConfig, extension: TrainerExtension | None = None) -> DistillResult:
     """Train ``config.student`` to imitate ``config.teacher`` (see :class:`DistillConfig`); return the result.
+
+    ``extension`` (see :class:`TrainerExtension`) is attached to the student before training; it must
+    have been built for the student's architecture.
 
     Bad input (a missing or corrupt checkpoint, teacher and student with different vocabularies, empty
     or too little data, an existing output directory without ``resume``/``overwrite``) raises a
@@ -236,10 +274,15 @@ def distill(config: DistillConfig) -> DistillResult:
     )
     if why_not and main:
         warnings.warn(why_not, stacklevel=2)
-    model = _Trainable(student.train(), projection, fused[0] if fused else None)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay
-    )
+    if extension is not None:
+        extension.attach(student)
+    model = _Trainable(student.train(), projection, fused[0] if fused else None, extension)
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("extension.")]}]
+    if extension is not None:  # its own learning rate: lr_scale x the schedule's
+        groups.append(
+            {"params": list(extension.parameters()), "lr_scale": extension.lr_scale, "weight_decay": 0.0}
+        )
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
@@ -265,8 +308,13 @@ def distill(config: DistillConfig) -> DistillResult:
 
     def evaluate_and_log() -> None:
         reference = None if cross is not None else teacher  # KL and top-1 need one vocabulary
-        evaluated = _evaluate(model, reference, heldout_ids, tokenizer, cache, config, accelerator.device)
-        record = {"step": step, **evaluated}
+        record = {"step": step}
+        for suffix, setting in extension.evaluations() if extension else [("", contextlib.nullcontext())]:
+            with setting:
+                evaluated = _evaluate(
+                    model, reference, heldout_ids, tokenizer, cache, config, accelerator.device
+                )
+            record.update({f"{k}{suffix}": v for k, v in evaluated.items()})
         metrics.write(record)
         accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
@@ -284,9 +332,10 @@ def distill(config: DistillConfig) -> DistillResult:
         started = time.perf_counter()
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         micro_batches = order.micro_batches(step, num_micro, num_proc, rank)  # [K, B] sample indices
-        sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # loss, kd, ce, intermediate
+        step_info = extension.begin_step(step) if extension else {}
+        sums = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # loss, kd, ce, inter, extra
         for samples in micro_batches:
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
                 input_ids = train_ids[samples].to(accelerator.device)
@@ -311,8 +360,10 @@ def distill(config: DistillConfig) -> DistillResult:
         step += 1
 
         seconds = time.perf_counter() - started
-        loss, kd, ce, inter = means.tolist()
-        record = {"step": step, "loss": loss, "kd": kd, "ce": ce, "intermediate": inter, "lr": lr,
+        loss, kd, ce, inter, extra = means.tolist()
+        if extension:
+            step_info = {extension.loss_name: extra, **step_info}
+        record = {"step": step, "loss": loss, "kd": kd, "ce": ce, "intermediate": inter, **step_info, "lr": lr,
                   "grad_norm": None if grad_norm is None else float(grad_norm),
                   "tokens": step * tokens_per_step, "step_s": seconds, "tokens_per_s": tokens_per_step / seconds}  # fmt: skip
         metrics.write(record)
@@ -358,8 +409,9 @@ def _loss_terms(
     pairs: list[tuple[int, int]],
     fused: tuple[Adapter, Adapter | None] | None = None,
     cross=None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(loss, kd, ce, intermediate)`` of one micro-batch ``[B, S]``, each a sum over its targets / ``num_items``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(loss, kd, ce, intermediate, extra)`` of one micro-batch ``[B, S]``, each a sum over its targets /
+    ``num_items`` (``extra``: the extension's term, added to the loss as it is).
 
     ``num_items`` is the global number of targets divided by (micro-batches x processes): accelerate
     divides each loss by the micro-batch count and DDP averages gradients over processes, so the
@@ -384,9 +436,9 @@ def _loss_terms(
         head_loss = partial(
             _fused_logit_loss, teacher=teacher_head, labels=labels, config=config, num_items=num_items
         )
-        (logit_loss, kd, ce), student_hidden = model(input_ids, hidden_layers, head_loss)
+        (logit_loss, kd, ce), student_hidden, extra = model(input_ids, hidden_layers, head_loss)
     else:
-        student_logits, student_hidden = model(input_ids, hidden_layers)
+        student_logits, student_hidden, extra = model(input_ids, hidden_layers)
         student_logits = student_logits[:, :-1]
         if cross is not None:  # KD (the teacher runs on its own tokens) and CE, mixed
             logit_loss, kd, ce = cross(student_logits, input_ids, teacher, num_items)
@@ -406,7 +458,11 @@ def _loss_terms(
         )
         alpha = config.intermediate_weight
         loss = loss + (dynamic_alpha(logit_loss, inter) if alpha is None else alpha) * inter
-    return loss, kd, ce, inter
+    if extra is not None:
+        loss = loss + extra
+    else:
+        extra = torch.zeros((), device=input_ids.device)
+    return loss, kd, ce, inter, extra
 
 
 def _logit_kd(student_logits: Tensor, teacher_out, cached, config: DistillConfig, num_items: float) -> Tensor:
@@ -576,7 +632,7 @@ def _load_checkpoint(
 
 
 def _non_finite_message(step: int, means: Tensor, grad_norm, samples: Tensor, out: Path) -> str:
-    loss, kd, ce, inter = means.tolist()
+    loss, kd, ce, inter, _ = means.tolist()
     last = latest_checkpoint(out)
     where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
     norm = "" if grad_norm is None else f", grad norm {float(grad_norm):.4g}"

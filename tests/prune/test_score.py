@@ -63,7 +63,9 @@ def test_keep_all_scores_as_the_parent_and_removes_the_masks(heldout, tokens):
         if metric == "top1":
             assert plain == 1.0
     assert torch.equal(logits(model, tokens), before)
-    assert not any(m._forward_hooks or parametrize.is_parametrized(m) for m in model.modules())
+    assert not any(
+        m._forward_hooks or m._forward_pre_hooks or parametrize.is_parametrized(m) for m in model.modules()
+    )
 
 
 def test_masks_are_removed_when_scoring_raises(heldout, tokens):
