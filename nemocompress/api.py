@@ -21,6 +21,9 @@ from .data import build_samples
 from .demo import DEMO_EXPORT, DemoResult, demo
 from .distill import DistillConfig, DistillResult, TeacherCacheResult, cache_teacher, distill  # the commands
 from .distill.models import load_causal_lm, load_tokenizer, vocabulary
+from .elastic import ElasticConfig, ElasticResult, SliceResult, budgets_table, slice_run, train_elastic
+from .elastic import load_state as load_elastic_state
+from .elastic.train import ELASTIC_DIR
 from .errors import PlanError, UnsupportedModelError
 from .eval_report import (
     DIRECTIONS,
@@ -93,6 +96,11 @@ __all__ = [
     "TransplantResult",
     "xtoken_map",
     "xtoken_transplant",
+    "ElasticConfig",
+    "ElasticResult",
+    "SliceResult",
+    "elastic_train",
+    "elastic_slice",
 ]
 
 
@@ -105,6 +113,7 @@ class ModelInfo:
     layer_kinds: list[str]
     cost: Cost
     dtype: str
+    elastic: dict | None = None  # an elastic RUN's state: its trained budgets
 
     def axis_rows(self) -> list[list]:
         """One row per axis kind: instances, size per instance, groups."""
@@ -131,7 +140,10 @@ class ModelInfo:
             ["cost", "value"],
         )
         layers = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        return f"{self.model_type}: {len(self.layer_kinds)} layers ({layers})\n\n{axes}\n\n{totals}"
+        text = f"{self.model_type}: {len(self.layer_kinds)} layers ({layers})\n\n{axes}\n\n{totals}"
+        if self.elastic is not None:
+            text += f"\n\nelastic budgets (slice with `nemocompress elastic slice`):\n{budgets_table(self.elastic)}"
+        return text
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -146,11 +158,16 @@ def _dtype(name: str) -> torch.dtype:
 def info(
     model_dir: str | Path, context_length: int = 4096, batch_size: int = 1, dtype: str = "bfloat16"
 ) -> ModelInfo:
-    """Describe a checkpoint (config only; weights are not read)."""
+    """Describe a checkpoint (config only; weights are not read); for an elastic RUN also its budgets."""
+    elastic = None
+    if (Path(model_dir) / ELASTIC_DIR).is_dir():
+        elastic = load_elastic_state(model_dir)  # an unfinished RUN: says so
     config = load_config(model_dir)
     adapter = get_adapter(config)
     cost = model_cost(config, context_length, batch_size, _dtype(dtype))
-    return ModelInfo(config.model_type, adapter.axes(config), adapter.layer_kinds(config), cost, dtype)
+    return ModelInfo(
+        config.model_type, adapter.axes(config), adapter.layer_kinds(config), cost, dtype, elastic
+    )
 
 
 def parse_export_config(value: str | dict) -> dict[str, int]:
@@ -632,3 +649,40 @@ def compress(
     else:
         built = CompressRecipe.from_dict({}, **settings)
     return _compress(built, output_dir, resume=resume, overwrite=overwrite, progress=progress)
+
+
+# ---------------------------------------------------------------------- elastic nested models
+
+
+def elastic_train(
+    config: ElasticConfig | None = None, options: ImportanceOptions | None = None, **settings
+) -> ElasticResult:
+    """Train an elastic parent (see :class:`~nemocompress.elastic.ElasticConfig`; ``settings`` are its
+    fields, over ``config``'s): activation importance on the train split of ``data`` (``options``), then
+    :func:`~nemocompress.elastic.train_elastic`. Returns the RUN's budgets and records."""
+    if config is None:
+        config = ElasticConfig.from_dict(settings)
+    elif settings:
+        config = ElasticConfig.from_dict(config.to_dict(), **settings)
+    options = options or ImportanceOptions()
+
+    def scores():
+        found = importance(
+            config.parent, config.data, None, options, block_sizes=(1,), progress=config.progress
+        )
+        return found.unit_scores(), found.layer_scores(1)[options.layer_metric]
+
+    return train_elastic(config, scores)
+
+
+def elastic_slice(
+    run: str | Path,
+    output_dir: str | Path,
+    budget: str | None = None,
+    all_budgets: bool = False,
+    interpolate: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[SliceResult]:
+    """Stock checkpoints of an elastic RUN's budgets, zero-shot (:func:`~nemocompress.elastic.slice_run`)."""
+    return slice_run(run, output_dir, budget, all_budgets, interpolate, overwrite, progress)

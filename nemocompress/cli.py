@@ -522,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cache_teacher)
     _xtoken_parser(sub)
     _add_compress(sub)
+    _elastic_parser(sub)
     return parser
 
 
@@ -594,6 +595,63 @@ def _compress(args) -> None:
     )  # fmt: skip
     print(result.table())
     print(f"\nstudent: {result.model_dir}\nreport: {result.output_dir / 'report.md'}")
+
+
+# ---------------------------------------------------------------------- elastic (nested submodels)
+
+
+def _elastic_parser(sub) -> None:
+    p = sub.add_parser("elastic", help="one parent with nested submodels per budget (Nemotron Elastic)")
+    commands = p.add_subparsers(dest="elastic_command", required=True)
+    t = commands.add_parser("train", help="train the parent and a router per axis for several budgets")
+    t.add_argument("--config", default=None, help="YAML file with the same keys; flags override it")
+    _dataclass_flags(t, api.ElasticConfig, parse_default=False)
+    t.add_argument(
+        "--calib-samples", type=int, default=None, help="importance calibration samples (default 32)"
+    )
+    t.add_argument(
+        "--calib-seq-len", type=int, default=None, help="tokens per calibration sample (default 256)"
+    )
+    t.set_defaults(func=_elastic_train)
+    s = commands.add_parser("slice", help="a stock checkpoint of a trained budget, no training")
+    s.add_argument("run", help="RUN directory written by `elastic train`")
+    s.add_argument(
+        "-o", "--output", required=True, help="checkpoint directory (with --all: a folder of them)"
+    )
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--budget", default=None, help="a trained budget, as given to --budgets")
+    which.add_argument("--all", action="store_true", help="every trained budget, into OUTPUT/budget-B")
+    s.add_argument(
+        "--interpolate", action="store_true", help="allow an untrained budget (between trained ones)"
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=_elastic_slice)
+
+
+def _elastic_train(args) -> None:
+    flags = {k: v for k, v in _dataclass_values(args, api.ElasticConfig).items() if v is not None}
+    config = (
+        api.ElasticConfig.from_yaml(args.config, **flags)
+        if args.config
+        else api.ElasticConfig.from_dict(flags)
+    )
+    calib = {"samples": args.calib_samples, "seq_len": args.calib_seq_len}
+    options = ImportanceOptions(**{k: v for k, v in calib.items() if v is not None})
+    result = api.elastic_train(config, options)
+    print(result.table())
+    print(
+        f"\nelastic run: {result.run_dir} (the full model loads from it; slice with `nemocompress elastic slice`)"
+    )
+
+
+def _elastic_slice(args) -> None:
+    results = api.elastic_slice(
+        args.run, args.output, args.budget, args.all, args.interpolate, args.overwrite, not args.no_progress
+    )
+    print(api.SliceResult.table(results))
+    if any(r.interpolated for r in results):
+        print("\ninterpolated: no router chose this architecture and no training step saw it")
 
 
 def main(argv: list[str] | None = None) -> int:

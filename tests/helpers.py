@@ -74,3 +74,14 @@ def write_calibration(root, name: str = "nemotron_h-hybrid"):
         "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(400))
     )
     return root
+
+
+def seeded_scores(parent, seed: int = 0):
+    """Seeded random importance (unit scores per axis, layer scores) of the checkpoint at ``parent``."""
+    from nemocompress.checkpoint import load_config
+
+    config = load_config(parent)
+    adapter = get_adapter(config)
+    g = torch.Generator().manual_seed(seed)
+    units = {a.name: torch.rand(a.size, generator=g) for a in adapter.axes(config)}
+    return units, torch.rand(adapter.num_layers(config), generator=g)

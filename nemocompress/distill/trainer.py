@@ -178,11 +178,15 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[5:]), default=None)
 
 
-def distill(config: DistillConfig, extension: TrainerExtension | None = None) -> DistillResult:
+def distill(
+    config: DistillConfig, extension: TrainerExtension | None = None, end_processes: bool = True
+) -> DistillResult:
     """Train ``config.student`` to imitate ``config.teacher`` (see :class:`DistillConfig`); return the result.
 
     ``extension`` (see :class:`TrainerExtension`) is attached to the student before training; it must
-    have been built for the student's architecture.
+    have been built for the student's architecture. ``end_processes=False`` keeps the process group of a
+    multi-process run alive at the end (for more collective work in the same processes; accelerate's
+    ``end_training`` destroys it otherwise).
 
     Bad input (a missing or corrupt checkpoint, teacher and student with different vocabularies, empty
     or too little data, an existing output directory without ``resume``/``overwrite``) raises a
@@ -390,7 +394,11 @@ def distill(config: DistillConfig, extension: TrainerExtension | None = None) ->
             tokenizer.save_pretrained(tmp)
         plot_loss_curve(metrics.records, out / CURVE)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if end_processes:
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
     return DistillResult(
         out, out / FINAL, step, None if resume_from is None else int(resume_from.name[5:]), metrics.records
     )

@@ -83,8 +83,8 @@ class ElasticConfig:
     """
 
     parent: str | None = field(default=None, metadata={"help": "parent checkpoint directory"})
-    budgets: list[str] = field(
-        default_factory=list, metadata={"help": "comma list, e.g. 0.5,0.75,1.0 (fractions) or 60M,90M"}
+    budgets: list[str] | None = field(
+        default=None, metadata={"help": "comma list, e.g. 0.5,0.75,1.0 (fractions) or 60M,90M"}
     )
     data: str | None = field(default=None, metadata={"help": "text file, folder or .jsonl (train split)"})
     output_dir: str | None = field(
@@ -137,6 +137,7 @@ class ElasticConfig:
     progress: bool = field(default=True, metadata={"help": "no progress bars"})
 
     def __post_init__(self):
+        self.budgets = self.budgets or []
         if isinstance(self.budgets, str):
             self.budgets = [b for b in self.budgets.split(",") if b.strip()]
         self.budgets = [str(b).strip() for b in self.budgets]
@@ -233,6 +234,11 @@ def resolve_budgets(values: list[str], metric: str, parent_value: float) -> list
         if number is not None and number <= 1:
             target = number * parent_value
         elif metric in ("params", "active_params"):
+            if number is not None and number < 1000:
+                raise ElasticError(
+                    f"budget {raw}: a fraction lies in (0, 1]; write an absolute {metric.replace('_', ' ')} "
+                    "budget as a count such as 60M"
+                )
             target = float(parse_count(raw, f"budget {raw}"))
         elif number is not None:
             target = number * _GIB if metric == "memory" else number
@@ -332,13 +338,15 @@ def train_elastic(
     from accelerate import PartialState
     from safetensors.torch import load_file, save_file
 
-    state_proc = PartialState()
+    state_proc = PartialState(cpu=not torch.cuda.is_available())  # on CPU under torchrun: gloo
     run = Path(config.output_dir)
     edir = run / ELASTIC_DIR
     parent_config = load_config(config.parent)
     check_output_dir(run, overwrite=True, inputs=(config.parent, config.data))
-    if (edir / STATE).is_file() and config.resume and not config.overwrite:
-        return load_result(run)
+    if config.resume and not config.overwrite and (edir / CONFIG_FILE).is_file():
+        _check_same_run(edir, config, parent_config)
+        if (edir / STATE).is_file():
+            return load_result(run)
     if run.exists() and not (config.resume or config.overwrite):
         raise OutputError(f"{run} already exists: pass --resume to continue it, --overwrite to start over")
     metric = METRICS[config.budget_metric]
@@ -349,8 +357,6 @@ def train_elastic(
     budgets = resolve_budgets(config.budgets, metric, parent_value)
     check_reachable(budgets, table[metric], valid, config.tolerance, metric, _bounds(config))
     saved_space = edir / "training" / SPACE
-    if config.resume and (edir / CONFIG_FILE).is_file():
-        _check_same_run(edir, config, parent_config)
     if saved_space.is_file() and config.resume and not config.overwrite:
         space = ElasticSpace.from_dict(parent_config, json.loads(saved_space.read_text()))
     else:
@@ -358,6 +364,7 @@ def train_elastic(
     table, valid = space.cost_tables(settings)  # depth costs follow the real layer order
     check_reachable(budgets, table[metric], valid, config.tolerance, metric, _bounds(config))
     stages = _stage_plan(config, len(budgets))
+    state_proc.wait_for_everyone()  # every process has checked the RUN before the main one writes to it
 
     if state_proc.is_main_process:
         if config.overwrite and run.exists():
@@ -375,8 +382,8 @@ def train_elastic(
     state_proc.wait_for_everyone()
 
     elastic = ElasticModel(space, [b.target for b in budgets], table[metric], valid,
-                           Schedule(config.steps), config.cost_weight, [b.label for b in budgets],
-                           config.router_lr / config.lr)  # fmt: skip
+                           Schedule(config.steps, seed=config.seed), config.cost_weight, [b.label for b in budgets],
+                           config.router_lr / config.lr, tolerance=config.tolerance)  # fmt: skip
     student, offset, records = config.parent, 0, []
     for name, steps, seq_len, weights in stages:
         out = edir / "training" / name
@@ -387,7 +394,7 @@ def train_elastic(
         if routers.is_file() and (out / "final").is_dir():  # a stage finished before an interruption
             elastic.routers.load_state_dict(load_file(routers))
         else:
-            distill(_distill_config(config, student, out, steps, seq_len), extension=elastic)
+            distill(_distill_config(config, student, out, steps, seq_len), elastic, end_processes=False)
             if state_proc.is_main_process:
                 with atomic_file(routers) as tmp:
                     save_file(
@@ -425,6 +432,9 @@ def _random_space(parent_config, config: ElasticConfig) -> ElasticSpace:
 
 
 def _check_same_run(edir: Path, config: ElasticConfig, parent_config) -> None:
+    parent = edir / "training" / "parent.json"
+    if parent.is_file() and json.loads(parent.read_text()) != _fingerprint(parent_config):
+        raise ElasticError(f"{edir.parent} is an elastic run of another model than {config.parent}")
     before = yaml.safe_load((edir / CONFIG_FILE).read_text()) or {}
     keep = ("budgets", "budget_metric", "steps", "seq_len", "stage1_seq_len", "stage1_fraction", "budget_weights",
             "batch_size", "grad_accum", "lr", "router_lr", "min_lr", "kd_loss", "cost_weight", "seed", "max_width_pruning",
@@ -433,9 +443,6 @@ def _check_same_run(edir: Path, config: ElasticConfig, parent_config) -> None:
     changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in keep if before.get(k) != now[k]]
     if changed:
         raise ElasticError(f"settings differ from the RUN's: {'; '.join(changed)}; resume with the same ones")
-    parent = edir / "training" / "parent.json"
-    if parent.is_file() and json.loads(parent.read_text()) != _fingerprint(parent_config):
-        raise ElasticError(f"{edir.parent} is an elastic run of another model than {config.parent}")
 
 
 def _distill_config(
@@ -472,7 +479,8 @@ def _final_state(elastic: ElasticModel, budgets, config, metric, table, records,
             "value": value, "error": value / budget.target - 1,
             "params": int(full_table["params"][choice]), "active_params": int(full_table["active_params"][choice]),
             "memory": int(full_table["memory"][choice]), "latency_ms": float(full_table["latency"][choice]),
-            "nested_from_router": b not in changed, "eval": ev,
+            "from_router": b not in changed, "router_choice": list(elastic.most_probable(b)),
+            "router_error": float(table[elastic.most_probable(b)]) / budget.target - 1, "eval": ev,
         })  # fmt: skip
     return {
         "version": STATE_VERSION, "parent": _fingerprint(parent_config), "metric": metric,

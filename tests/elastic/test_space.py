@@ -37,7 +37,9 @@ def _choices(space, count=4, seed=0):
 def test_hard_mask_equals_sliced(name, tokens):
     model = zoo_model(name)
     space = _space(model)
-    handle = install_masks(model, space.adapter, [n for m in space.indicator_matrices() for n in m], layers=True)
+    handle = install_masks(
+        model, space.adapter, [n for m in space.indicator_matrices() for n in m], layers=True
+    )
     reference = logits(model, tokens)
     checked = 0
     for choice in _choices(space):
@@ -78,7 +80,9 @@ def test_depth_keeps_the_best_layer_of_every_kind():
 def test_soft_masks_all_ones_change_nothing_and_carry_gradients(tokens):
     model = zoo_model("nemotron_h-hybrid")
     space = _space(model)
-    handle = install_masks(model, space.adapter, [n for m in space.indicator_matrices() for n in m], layers=True)
+    handle = install_masks(
+        model, space.adapter, [n for m in space.indicator_matrices() for n in m], layers=True
+    )
     reference = logits(model, tokens)
     units, layers = space.weights(space.one_hot(space.full))
     handle.set(units, layers)
