@@ -5,7 +5,7 @@ units, layers = space.weights(probs)        # soft (or 0/1) unit and layer weigh
 plan = space.plan(choice)                   # the stock checkpoint of one choice per axis
 
 Each router axis is one ModelOpt export key (``hidden_size``, ``ffn_hidden_size``, ``num_attention_heads``,
-``mamba_num_heads``, ``mamba_head_dim``; ``num_layers``), its choices those of the budget search
+``mamba_num_heads``, ``mamba_head_dim``, the shared expert's width; ``num_layers``), its choices those of the budget search
 (:class:`~nemocompress.prune.space.SearchSpace`, uniform over the layers of a type, so that every submodel
 is a stock config). Units are ranked once by importance, inside their groups (query heads per KV group,
 Mamba heads per group: equal counts per group); a size ``c`` keeps the top ``c / groups`` of every group,
@@ -30,10 +30,10 @@ from ..prune.cost import CostModel
 from ..prune.plan import Plan, make_plan
 from ..prune.space import SearchSpace
 
-__all__ = ["ELASTIC_KEYS", "MAX_COMBINATIONS", "ElasticSpace", "RouterAxis", "group_ranks", "layer_order"]
+__all__ = ["FIXED_KINDS", "MAX_COMBINATIONS", "ElasticSpace", "RouterAxis", "group_ranks", "layer_order"]
 
-#: Export keys an elastic model can vary (experts and expert widths: not yet).
-ELASTIC_KEYS = ("hidden_size", "num_attention_heads", "ffn_hidden_size", "mamba_num_heads", "mamba_head_dim")
+#: Axis kinds an elastic model does not vary yet: routed experts and their widths (every other width is).
+FIXED_KINDS = ("experts", "expert_ffn")
 #: The cost table holds one value per combination of choices; past this many, narrow the space.
 MAX_COMBINATIONS = 4_000_000
 
@@ -102,7 +102,7 @@ class ElasticSpace:
     ) -> ElasticSpace:
         adapter = get_adapter(config)
         kinds = adapter.layer_kinds(config)
-        not_elastic = [k for k in adapter.export_keys if k not in (*ELASTIC_KEYS, "num_layers")]
+        not_elastic = [k for k, kind in adapter.export_keys.items() if kind in FIXED_KINDS]
         skip = sorted(set(hparams_to_skip) | set(not_elastic))
         if layer_scores is None and "num_layers" not in skip:
             skip.append("num_layers")

@@ -143,9 +143,9 @@ def test_slice_all_nests_and_stores_less_than_one_elastic_run(run, tmp_path):
     assert (run / "model.safetensors").stat().st_size < separate
 
 
-@pytest.mark.parametrize("parent", ["llama", "hybrid"])
-def test_router_costs_land_within_5_percent_of_each_budget(assets, tmp_path, parent):
-    config = _config(assets, tmp_path / "run", parent, steps=150)
+@pytest.mark.parametrize("parent,metric", [("llama", "params"), ("hybrid", "params"), ("hybrid", "memory")])
+def test_router_costs_land_within_5_percent_of_each_budget(assets, tmp_path, parent, metric):
+    config = _config(assets, tmp_path / "run", parent, steps=150, budget_metric=metric, context_length=512)
     result = train_elastic(config, lambda: seeded_scores(config.parent))
     budgets = result.state["budgets"]
     errors = {b["label"]: round(b["error"], 4) for b in budgets}
@@ -263,3 +263,9 @@ def test_bad_runs_and_slices_are_one_line_exit_2_nothing_written(assets, run, tm
         <= sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(out).parameters())
         <= state["budgets"][1]["params"]
     )
+
+
+def test_the_runs_yaml_config_reads_back(run):
+    config = ElasticConfig.from_yaml(run / ELASTIC_DIR / "elastic_config.yaml")
+    assert config.budgets == ["0.5", "0.75"] and config.steps == 40 and config.max_width_pruning == 0.75
+    assert load_state(run)["metric"] == "params"
