@@ -23,6 +23,7 @@ from .distill import DistillConfig, DistillResult, TeacherCacheResult, cache_tea
 from .distill.models import load_causal_lm, load_tokenizer, vocabulary
 from .elastic import ElasticConfig, ElasticResult, SliceResult, budgets_table, slice_run, train_elastic
 from .elastic import load_state as load_elastic_state
+from .elastic.generate import GenerateResult, generate_text, read_prompts
 from .elastic.train import ELASTIC_DIR
 from .errors import PlanError, UnsupportedModelError
 from .eval_report import (
@@ -101,6 +102,8 @@ __all__ = [
     "SliceResult",
     "elastic_train",
     "elastic_slice",
+    "generate",
+    "GenerateResult",
 ]
 
 
@@ -675,14 +678,21 @@ def elastic_train(
     return train_elastic(config, scores)
 
 
-def elastic_slice(
-    run: str | Path,
-    output_dir: str | Path,
-    budget: str | None = None,
-    all_budgets: bool = False,
-    interpolate: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> list[SliceResult]:
-    """Stock checkpoints of an elastic RUN's budgets, zero-shot (:func:`~nemocompress.elastic.slice_run`)."""
-    return slice_run(run, output_dir, budget, all_budgets, interpolate, overwrite, progress)
+#: Stock checkpoints of an elastic RUN's budgets, zero-shot (:func:`nemocompress.elastic.slice_run`).
+elastic_slice = slice_run
+
+
+def generate(
+    model_dir: str | Path,
+    prompts: str | list[str],
+    think_budget: str | None = None,
+    answer_budget: str | None = None,
+    max_think_tokens: int = 256,
+    max_new_tokens: int = 128,
+) -> GenerateResult:
+    """Greedy answers to ``prompts`` (a list, or a ``.jsonl`` path with ``prompt`` or ``text`` per line); an
+    elastic RUN thinks at ``think_budget`` and answers at ``answer_budget``
+    (:func:`nemocompress.elastic.generate_text`)."""
+    if isinstance(prompts, (str, Path)):
+        prompts = read_prompts(prompts)
+    return generate_text(model_dir, prompts, think_budget, answer_budget, max_think_tokens, max_new_tokens)

@@ -523,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     _xtoken_parser(sub)
     _add_compress(sub)
     _elastic_parser(sub)
+    _generate_parser(sub)
     return parser
 
 
@@ -627,6 +628,35 @@ def _elastic_parser(sub) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_elastic_slice)
+
+
+def _generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="greedy generation; an elastic RUN thinks small and answers large")
+    p.add_argument("model", help="checkpoint directory or elastic RUN")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", default=None, help="one prompt")
+    which.add_argument("--prompts", default=None, help=".jsonl file, a 'prompt' per line")
+    p.add_argument("--think-budget", default=None, help="budget of the reasoning (a RUN's trained budget)")
+    p.add_argument("--answer-budget", default=None, help="budget of the answer (default: the full model)")
+    p.add_argument("--max-think-tokens", type=int, default=256, help="then </think> is forced (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer tokens at most (default 128)")
+    p.add_argument("--json", action="store_true", help="print JSON (text and phases) instead of tables")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args) -> None:
+    prompts = [args.prompt] if args.prompt is not None else args.prompts
+    result = api.generate(
+        args.model, prompts, args.think_budget, args.answer_budget, args.max_think_tokens, args.max_new_tokens
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return
+    for i, out in enumerate(result.outputs):
+        if out.thinking is not None:
+            print(f"[{i}] thinking: {out.thinking}")
+        print(f"[{i}] answer: {out.answer}\n")
+    print(result.table())
 
 
 def _elastic_train(args) -> None:

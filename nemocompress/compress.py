@@ -48,6 +48,7 @@ from .checkpoint import (
 )
 from .errors import NemocompressError, OutputError
 from .report import format_table, human
+from .settings import read_settings
 
 __all__ = ["RECIPE_VERSION", "STAGES", "CompressError", "CompressRecipe", "CompressResult", "compress"]
 
@@ -210,16 +211,7 @@ class CompressRecipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> CompressRecipe:
-        path = Path(path)
-        if not path.is_file():
-            raise CompressError(f"recipe {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CompressError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise CompressError(f"{path} must hold a mapping of settings, e.g. 'kd_steps: 100'")
-        return cls.from_dict(values, **overrides)
+        return cls.from_dict(read_settings(path, CompressError, "recipe", "kd_steps: 100"), **overrides)
 
 
 # ---------------------------------------------------------------------- the result

@@ -85,3 +85,23 @@ def seeded_scores(parent, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     units = {a.name: torch.rand(a.size, generator=g) for a in adapter.axes(config)}
     return units, torch.rand(adapter.num_layers(config), generator=g)
+
+
+def die_in_save(n: int) -> None:
+    """Make this process SIGKILL itself during its ``n``-th accelerate checkpoint save, after the files are
+    written and before the directory is renamed into place (a torn checkpoint), for resume tests."""
+    import os
+    import signal
+
+    from accelerate import Accelerator
+
+    save_state, calls = Accelerator.save_state, []
+
+    def save_then_die(self, *a, **kw):
+        result = save_state(self, *a, **kw)
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    Accelerator.save_state = save_then_die

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..errors import NemocompressError
+from ..settings import read_settings
 from .losses import intermediate_loss_names, kd_loss_names, kd_loss_spec
 
 __all__ = [
@@ -317,16 +318,7 @@ class DistillConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> DistillConfig:
         """Read a YAML mapping with the same keys as the fields (or CLI flags); non-None overrides win."""
-        path = Path(path)
-        if not path.is_file():
-            raise DistillError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DistillError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise DistillError(f"{path} must hold a mapping of settings, e.g. 'steps: 100'")
-        return cls.from_dict(values, **overrides)
+        return cls.from_dict(read_settings(path, DistillError), **overrides)
 
 
 def _field_name(key: str) -> str:

@@ -25,7 +25,7 @@ from ..report import format_table, human
 from .space import ElasticSpace
 from .train import ElasticError, _fingerprint, load_state, resolve_budgets
 
-__all__ = ["SliceResult", "budget_choice", "slice_run"]
+__all__ = ["SliceResult", "budget_choice", "run_space", "slice_run"]
 
 BUDGET_FILE = "elastic_budget.json"
 
@@ -54,7 +54,8 @@ def _settings(state) -> Budget:
     return Budget(**{k: v for k, v in state["cost_settings"].items() if k in names})
 
 
-def _space(run: Path, state) -> ElasticSpace:
+def run_space(run: Path, state) -> ElasticSpace:
+    """The nested space of a finished RUN, checked against the model the RUN holds."""
     config = load_config(run)
     if _fingerprint(config) != state["parent"]:
         raise ElasticError(
@@ -74,7 +75,7 @@ def budget_choice(
     for row in rows:
         if row["label"] == str(budget):
             return row, tuple(row["choice"]), False
-    space = _space(run, state)
+    space = run_space(run, state)
     table, valid = space.cost_tables(_settings(state))
     values = table[state["metric"]]
     parent_value = float(values[space.full])
@@ -123,7 +124,7 @@ def slice_run(
     if (budget is None) == (not all_budgets):
         raise ElasticError("give --budget B or --all")
     state = load_state(run)
-    space = _space(run, state)
+    space = run_space(run, state)
     if all_budgets:
         jobs = [
             (row, tuple(row["choice"]), False, Path(output_dir) / f"budget-{row['label']}")

@@ -46,6 +46,7 @@ from ..distill.metrics import read_metrics
 from ..errors import NemocompressError, OutputError
 from ..prune.budget import Budget, parse_count
 from ..report import format_table, human
+from ..settings import read_settings
 from .model import ElasticModel, Schedule, budget_probabilities
 from .space import ElasticSpace
 
@@ -191,16 +192,7 @@ class ElasticConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> ElasticConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ElasticError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ElasticError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ElasticError(f"{path} must hold a mapping of settings, e.g. 'steps: 100'")
-        return cls.from_dict(values, **overrides)
+        return cls.from_dict(read_settings(path, ElasticError), **overrides)
 
 
 # ---------------------------------------------------------------------- budgets

@@ -6,12 +6,13 @@ it runs one rank of a multi-process job.
 """
 
 import argparse
-import os
-import signal
+import sys
+from pathlib import Path
 
-from accelerate import Accelerator
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from helpers import die_in_save  # noqa: E402
 
-from nemocompress.distill import DistillConfig, distill
+from nemocompress.distill import DistillConfig, distill  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
@@ -19,14 +20,5 @@ if __name__ == "__main__":
     parser.add_argument("--kill-in-save", type=int, default=None)
     args = parser.parse_args()
     if args.kill_in_save is not None:
-        save_state, calls = Accelerator.save_state, []
-
-        def save_then_die(self, *a, **kw):
-            result = save_state(self, *a, **kw)
-            calls.append(1)
-            if len(calls) == args.kill_in_save:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
-
-        Accelerator.save_state = save_then_die
+        die_in_save(args.kill_in_save)
     distill(DistillConfig.from_yaml(args.config))

@@ -1,0 +1,246 @@
+"""Budget-controlled generation (Star Elastic): a small submodel thinks, a large one answers.
+
+result = generate_text("run", ["What is 17 + 25?"], think_budget="0.5", answer_budget="1.0")
+print(result.table()); print(result.outputs[0].answer)
+
+One model is loaded and masked in place (no second copy): the think phase runs at ``think_budget`` until the
+model closes its reasoning (the tokenizer's ``</think>`` token, or end of text, or ``max_think_tokens``
+tokens, after which ``</think>`` is forced); then the masks switch to ``answer_budget`` and the whole context
+(prompt, reasoning, ``</think>``) is prefilled again at that budget, with a fresh cache, before the answer is
+written (at most ``max_new_tokens`` tokens, until end of text). Decoding is greedy. A model without a
+thinking format has one phase, the answer. A plain checkpoint has one budget, the model itself.
+
+The prompt goes through the tokenizer's chat template when it has one; with a thinking format, ``<think>``
+is appended when the template does not open the reasoning itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..arch.masking import install_masks
+from ..distill.models import load_causal_lm, load_tokenizer
+from ..report import format_table
+from .slice import budget_choice, run_space
+from .train import ELASTIC_DIR, ElasticError, load_state
+
+__all__ = ["GenerateResult", "Phase", "generate_text", "read_prompts", "THINK_END", "THINK_START"]
+
+THINK_START, THINK_END = "<think>", "</think>"
+
+
+@dataclass
+class Phase:
+    """One phase of one prompt: ``budget`` (None: the model as loaded), tokens written, prefill seconds (the
+    context's forward pass) and decode seconds (one forward per further token)."""
+
+    name: str
+    budget: str | None
+    tokens: int
+    prefill_tokens: int
+    prefill_s: float
+    decode_s: float
+    forced_end: bool = False
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.decode_s if self.decode_s > 0 else float("nan")
+
+    @property
+    def latency_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+@dataclass
+class Output:
+    prompt: str
+    thinking: str | None
+    answer: str
+    phases: list[Phase] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        phases = [
+            {**asdict(p), "tokens_per_s": p.tokens_per_s, "latency_s": p.latency_s} for p in self.phases
+        ]
+        return {"prompt": self.prompt, "thinking": self.thinking, "answer": self.answer, "phases": phases}
+
+
+@dataclass
+class GenerateResult:
+    outputs: list[Output]
+
+    def table(self) -> str:
+        rows = []
+        for i, o in enumerate(self.outputs):
+            for p in o.phases:
+                rows.append([
+                    i, p.name, p.budget or "model", p.tokens, p.prefill_tokens, f"{p.prefill_s * 1e3:.1f}",
+                    f"{p.tokens_per_s:.1f}", f"{p.latency_s:.3f}", "forced" if p.forced_end else "",
+                ])  # fmt: skip
+        return format_table(
+            rows,
+            [
+                "prompt",
+                "phase",
+                "budget",
+                "tokens",
+                "prefill tokens",
+                "prefill ms",
+                "tokens/s",
+                "latency s",
+                "end",
+            ],
+        )
+
+    def to_dict(self) -> dict:
+        return {"outputs": [o.to_dict() for o in self.outputs]}
+
+
+def _checked(model_dir: Path, budget: str | None, flag: str):
+    """The choice of a RUN's trained ``budget`` (None for None); refused for a plain model or an untrained
+    budget, before any work."""
+    if budget is None:
+        return None
+    if not (model_dir / ELASTIC_DIR).is_dir():
+        raise ElasticError(
+            f"{model_dir} is not an elastic RUN, so it has one budget: drop {flag} (or give a RUN from "
+            "`nemocompress elastic train`)"
+        )
+    return budget_choice(model_dir, budget)[1]
+
+
+class _Budgets:
+    """Switches one loaded model between an elastic RUN's budgets by its masks (a plain model: one budget)."""
+
+    def __init__(self, model_dir: Path, model, choices: dict) -> None:
+        self.handle, self.space, self.choices = None, None, choices
+        if (model_dir / ELASTIC_DIR).is_dir():
+            self.space = run_space(model_dir, load_state(model_dir))
+            names = [n for mats in self.space.indicator_matrices() for n in mats if n != "layers"]
+            self.handle = install_masks(model, self.space.adapter, names, layers=True)
+
+    def set(self, budget: str | None) -> None:
+        if self.handle is None:
+            return
+        if budget is None:
+            self.handle.set({}, {})
+            return
+        units, layers = self.space.weights(self.space.one_hot(self.choices[budget]))
+        self.handle.set(units, {i: float(w) for i, w in layers.items()})
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a ``.jsonl`` file (``prompt`` or ``text`` per line)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ElasticError(f"prompts file {path} does not exist")
+    prompts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts.append(str(row["prompt"] if "prompt" in row else row["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ElasticError(
+                f"{path} line {n}: expected a JSON object with a 'prompt' (or 'text') string"
+            ) from None
+    return prompts
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    vocab = tokenizer.get_vocab()
+    return vocab.get(token)
+
+
+def _prompt_ids(tokenizer, prompt: str, thinking: bool) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    if thinking and not text.rstrip().endswith(THINK_START):
+        text = text + THINK_START + "\n"
+    return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
+
+
+@torch.no_grad()
+def _greedy(model, context: list[int], max_new: int, stop: set[int]) -> tuple[list[int], float, float]:
+    """Greedy tokens after ``context`` (a fresh cache): until a ``stop`` token (kept) or ``max_new``; with the
+    prefill and decode seconds."""
+    device = next(model.parameters()).device
+    # transformers >= 5.24 names the cache `cache` (argument and output); earlier, `past_key_values`
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    began = time.perf_counter()
+    out = model(torch.tensor([context], device=device), use_cache=True)
+    prefill = time.perf_counter() - began
+    tokens: list[int] = []
+    began = time.perf_counter()
+    while len(tokens) < max_new:
+        nxt = int(out.logits[0, -1].argmax())
+        tokens.append(nxt)
+        if nxt in stop or len(tokens) == max_new:
+            break
+        cache = out.get("cache", out.get("past_key_values"))
+        out = model(torch.tensor([[nxt]], device=device), use_cache=True, **{key: cache})
+    return tokens, prefill, time.perf_counter() - began
+
+
+def generate_text(
+    model_dir: str | Path,
+    prompts: Sequence[str],
+    think_budget: str | None = None,
+    answer_budget: str | None = None,
+    max_think_tokens: int = 256,
+    max_new_tokens: int = 128,
+) -> GenerateResult:
+    """Generate an answer to each prompt (module docstring). Budgets are labels or values as given to
+    ``elastic train`` (None: the model as loaded, i.e. the full parent of a RUN)."""
+    model_dir = Path(model_dir)
+    if not prompts:
+        raise ElasticError("give --prompt TEXT or --prompts FILE.jsonl")
+    if max_think_tokens < 1 or max_new_tokens < 1:
+        raise ElasticError("--max-think-tokens and --max-new-tokens must be positive")
+    tokenizer = load_tokenizer(model_dir)
+    think_end = _token_id(tokenizer, THINK_END)
+    if think_budget is not None and think_end is None:
+        raise ElasticError(
+            f"{model_dir} has no thinking format (its tokenizer has no {THINK_END} token): drop --think-budget"
+        )
+    choices = {flag: _checked(model_dir, b, flag) for flag, b in (("--think-budget", think_budget),
+               ("--answer-budget", answer_budget))}  # fmt: skip
+    model = load_causal_lm(model_dir).eval()
+    budgets = _Budgets(
+        model_dir, model, {b: c for b, c in zip((think_budget, answer_budget), choices.values())}
+    )
+    eos = {tokenizer.eos_token_id} - {None}
+    outputs = []
+    for prompt in prompts:
+        context = _prompt_ids(tokenizer, prompt, think_end is not None)
+        phases, thinking = [], None
+        if think_end is not None:
+            budgets.set(think_budget)
+            tokens, prefill, decode = _greedy(model, context, max_think_tokens, {think_end} | eos)
+            forced = not tokens or tokens[-1] != think_end
+            if tokens and tokens[-1] in eos:
+                tokens = tokens[:-1]
+            thinking = tokenizer.decode([t for t in tokens if t != think_end], skip_special_tokens=False)
+            phases.append(Phase("think", think_budget, len(tokens), len(context), prefill, decode, forced))
+            context = context + [t for t in tokens if t != think_end] + [think_end]
+        budgets.set(answer_budget)  # the switch: the whole context is prefilled again at this budget
+        tokens, prefill, decode = _greedy(model, context, max_new_tokens, eos)
+        phases.append(Phase("answer", answer_budget, len(tokens), len(context), prefill, decode))
+        answer = tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
+        outputs.append(Output(prompt, thinking, answer, phases, context + tokens))
+    budgets.set(None)
+    return GenerateResult(outputs)
