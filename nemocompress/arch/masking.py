@@ -191,6 +191,15 @@ def _gated_rms_norm_hook(handle: MaskHandle, index: int, groups: int):
     return hook
 
 
+def _through_weights(m: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Routing weights ``[T, k]`` of the chosen experts ``index``, times ``m / sg(m)`` of those experts: the
+    same values (exactly: ``m / m`` is 1), with a gradient path to the experts' mask weights."""
+    if not m.requires_grad:
+        return weights
+    chosen = m.to(weights.device)[index]
+    return weights * (chosen / chosen.detach()).to(weights.dtype)
+
+
 def _softmax_router_hook(handle: MaskHandle, index: int):
     """Softmax routers (Mixtral, Qwen3-MoE): removed experts get -inf logits before softmax and top-k."""
 
@@ -203,7 +212,20 @@ def _softmax_router_hook(handle: MaskHandle, index: int):
         top_value, top_index = torch.topk(probs, module.top_k, dim=-1)
         if getattr(module, "norm_topk_prob", True):
             top_value = top_value / top_value.sum(dim=-1, keepdim=True)
-        return (logits, top_value.to(output[1].dtype), top_index) + tuple(output[3:])
+        top_value = _through_weights(m, top_value.to(output[1].dtype), top_index)
+        return (logits, top_value, top_index) + tuple(output[3:])
+
+    return hook
+
+
+def _sigmoid_router_hook(handle: MaskHandle, index: int):
+    """Sigmoid routers: the -inf bias (a parametrization) excludes experts; this adds the gradient path."""
+
+    def hook(module, args, output):
+        m = handle.values[index]
+        if m is None or not m.requires_grad:
+            return None
+        return (output[0], _through_weights(m, output[1], output[2]), *output[2:])
 
     return hook
 
@@ -238,7 +260,8 @@ def install_masks(
     """Install (inactive) masks on every site that an axis in ``axes`` (default all) reaches, and on every
     decoder layer when ``layers``; :meth:`MaskHandle.set` then weights units and layers.
 
-    Expert routers take 0/1 weights only (an expert is routed to or not).
+    An expert with weight 0 is never routed to; any other weight routes it as usual (an expert is routed to
+    or not), with the weight's gradient taken through its routing weights.
     """
     config = model.config
     wanted = None if axes is None else set(axes)
@@ -260,6 +283,7 @@ def install_masks(
             _parametrize(handle, module, site.param, _ColumnWeights(handle, i))
         elif site.how == "router" and site.flavor == "sigmoid_bias":
             _parametrize(handle, module, "e_score_correction_bias", _ExcludeExperts(handle, i))
+            handle.hooks.append(module.register_forward_hook(_sigmoid_router_hook(handle, i)))
         elif site.how == "router" and site.flavor == "softmax":
             handle.hooks.append(module.register_forward_hook(_softmax_router_hook(handle, i)))
         else:

@@ -135,6 +135,9 @@ class TrainerExtension(nn.Module):
     def evaluations(self) -> list[tuple[str, contextlib.AbstractContextManager]]:
         return [("", contextlib.nullcontext())]
 
+    def detach(self) -> None:
+        """Leave the student as it was before :meth:`attach` (called before the final student is saved)."""
+
 
 class _Trainable(nn.Module):
     """What the optimizer updates: the student, for intermediate losses the hidden-state projection, and
@@ -384,6 +387,8 @@ def distill(
 
     # ------------------------------------------------------------------ the student as a stock checkpoint
     accelerator.wait_for_everyone()
+    if extension is not None:
+        extension.detach()  # its parametrizations must not reach the stock checkpoint
     state_dict = accelerator.get_state_dict(model)  # full weights on the main process (FSDP gathers them)
     if main:
         student_state = {

@@ -5,13 +5,15 @@ units, layers = space.weights(probs)        # soft (or 0/1) unit and layer weigh
 plan = space.plan(choice)                   # the stock checkpoint of one choice per axis
 
 Each router axis is one ModelOpt export key (``hidden_size``, ``ffn_hidden_size``, ``num_attention_heads``,
-``mamba_num_heads``, ``mamba_head_dim``, the shared expert's width; ``num_layers``), its choices those of the budget search
+``mamba_num_heads``, ``mamba_head_dim``, ``num_moe_experts``, ``moe_ffn_hidden_size``, the shared expert's
+width; ``num_layers``), its choices those of the budget search
 (:class:`~nemocompress.prune.space.SearchSpace`, uniform over the layers of a type, so that every submodel
 is a stock config). Units are ranked once by importance, inside their groups (query heads per KV group,
 Mamba heads per group: equal counts per group); a size ``c`` keeps the top ``c / groups`` of every group,
 so a smaller size keeps a subset of a larger one. Depth keeps the top ``n`` layers of one layer ranking
 in which the best layer of every layer kind comes first (a hybrid never loses its last attention layer),
-so depth nests too. Routed experts and expert widths are not elastic here (they keep every unit).
+so depth nests too. Routed experts (ranked by REAP) nest the same way; the router's rows and correction
+bias are sliced with them.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from ..prune.space import SearchSpace
 
 __all__ = ["FIXED_KINDS", "MAX_COMBINATIONS", "ElasticSpace", "RouterAxis", "group_ranks", "layer_order"]
 
-#: Axis kinds an elastic model does not vary yet: routed experts and their widths (every other width is).
-FIXED_KINDS = ("experts", "expert_ffn")
+#: Axis kinds an elastic model does not vary (none: every width of the adapters, experts included, is).
+FIXED_KINDS: tuple[str, ...] = ()
 #: The cost table holds one value per combination of choices; past this many, narrow the space.
 MAX_COMBINATIONS = 4_000_000
 

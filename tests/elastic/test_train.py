@@ -43,6 +43,7 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("elastic")
     save_zoo_checkpoint("llama", root / "llama")
     save_zoo_checkpoint("nemotron_h-hybrid", root / "hybrid")
+    save_zoo_checkpoint("qwen3_moe", root / "moe")
     (root / "text.txt").write_text(zoo_text())
     return root
 
@@ -143,7 +144,10 @@ def test_slice_all_nests_and_stores_less_than_one_elastic_run(run, tmp_path):
     assert (run / "model.safetensors").stat().st_size < separate
 
 
-@pytest.mark.parametrize("parent,metric", [("llama", "params"), ("hybrid", "params"), ("hybrid", "memory")])
+@pytest.mark.parametrize(
+    "parent,metric",
+    [("llama", "params"), ("hybrid", "params"), ("hybrid", "memory"), ("moe", "active-params")],
+)
 def test_router_costs_land_within_5_percent_of_each_budget(assets, tmp_path, parent, metric):
     config = _config(assets, tmp_path / "run", parent, steps=150, budget_metric=metric, context_length=512)
     result = train_elastic(config, lambda: seeded_scores(config.parent))
@@ -154,6 +158,8 @@ def test_router_costs_land_within_5_percent_of_each_budget(assets, tmp_path, par
     assert all(abs(e) <= 0.10 for e in own.values()), f"the routers alone: {own}"
     cost = [r["cost_loss"] for r in result.records if "cost_loss" in r and r["budget"] == "0.5"]
     assert sum(cost[-5:]) < 0.25 * sum(cost[:5]), "the cost term is learned"
+    full = AutoModelForCausalLM.from_pretrained(result.run_dir)  # a stock checkpoint: no mask left in it
+    assert sum(p.numel() for p in full.parameters()) == budgets[-1]["params"]
 
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run_bitwise(assets, tmp_path):
