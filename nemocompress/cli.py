@@ -625,6 +625,7 @@ def _elastic_parser(sub) -> None:
     s.add_argument(
         "--interpolate", action="store_true", help="allow an untrained budget (between trained ones)"
     )
+    s.add_argument("--quant", action="store_true", help="export quantized (a RUN trained with --quant)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_elastic_slice)
@@ -677,7 +678,14 @@ def _elastic_train(args) -> None:
 
 def _elastic_slice(args) -> None:
     results = api.elastic_slice(
-        args.run, args.output, args.budget, args.all, args.interpolate, args.overwrite, not args.no_progress
+        args.run,
+        args.output,
+        args.budget,
+        args.all,
+        args.interpolate,
+        args.overwrite,
+        not args.no_progress,
+        args.quant,
     )
     print(api.SliceResult.table(results))
     if any(r.interpolated for r in results):

@@ -126,8 +126,14 @@ class TrainerExtension(nn.Module):
     loss_name = "extra"
     lr_scale = 1.0  # its parameters' learning rate, relative to the student's
 
-    def attach(self, student: nn.Module) -> None:
-        """Install on the student (its masks, say), once, before training."""
+    def attach(self, student: nn.Module, samples: Tensor) -> None:
+        """Install on the student (its masks, say), once, before training; ``samples`` ``[N, S]`` are the
+        training token ids (for calibration)."""
+
+    def stock_state(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The trained student's state dict as a stock checkpoint holds it (without what :meth:`attach`
+        added)."""
+        return state_dict
 
     def begin_step(self, step: int) -> dict:
         return {}
@@ -282,7 +288,7 @@ def distill(
     if why_not and main:
         warnings.warn(why_not, stacklevel=2)
     if extension is not None:
-        extension.attach(student)
+        extension.attach(student, train_ids)
     model = _Trainable(student.train(), projection, fused[0] if fused else None, extension)
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("extension.")]}]
     if extension is not None:  # its own learning rate: lr_scale x the schedule's
@@ -394,6 +400,8 @@ def distill(
         student_state = {
             k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")
         }
+        if extension is not None:
+            student_state = extension.stock_state(student_state)
         with atomic_output_dir(out / FINAL, overwrite=True, needed_bytes=_weight_bytes(student_state)) as tmp:
             accelerator.unwrap_model(model).student.save_pretrained(tmp, state_dict=student_state)
             tokenizer.save_pretrained(tmp)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..arch.masking import MaskHandle, install_masks
 from ..distill.trainer import TrainerExtension
+from .quant import load_quantizer_state, quantize_, quantizer_state, strip_quantizers
 from .router import Router, gumbel_noise, gumbel_softmax, scale_at, temperature_at
 from .space import ElasticSpace
 
@@ -84,8 +85,11 @@ class ElasticModel(TrainerExtension):
         lr_scale: float = 1.0,
         hard_samples: bool = True,
         tolerance: float | None = None,
+        quant: str | None = None,
     ) -> None:
         super().__init__()
+        self.quant = quant  # fake quantization (elastic.quant) of the student while it trains
+        self.quant_state: dict[str, Tensor] | None = None  # its amax per quantizer, carried across stages
         self.tolerance = tolerance
         self.lr_scale = lr_scale
         self.hard_samples = hard_samples
@@ -106,8 +110,13 @@ class ElasticModel(TrainerExtension):
         self._step: dict | None = None
 
     # ------------------------------------------------------------------ the trainer's hooks
-    def attach(self, student: nn.Module) -> None:
+    def attach(self, student: nn.Module, samples: Tensor | None = None) -> None:
         self.detach()
+        self.__dict__["_student"] = student  # a reference, not a submodule (its parameters are the student's)
+        if self.quant is not None:
+            quantize_(student, self.quant, samples)
+            if self.quant_state is not None:  # a later stage keeps the scales of the one before
+                load_quantizer_state(student, self.quant_state)
         names = [n for mats in self.matrices for n in mats if n != "layers"]
         depth = any("layers" in mats for mats in self.matrices)
         self.handle = install_masks(student, self.space.adapter, names, layers=depth)
@@ -230,6 +239,12 @@ class ElasticModel(TrainerExtension):
             yield
         finally:
             self.handle.set({}, {})
+
+    def stock_state(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.quant is None:
+            return state_dict
+        self.quant_state = quantizer_state(self._student)
+        return strip_quantizers(state_dict)
 
     def detach(self) -> None:
         if self.handle is not None:

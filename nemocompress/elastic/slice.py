@@ -17,13 +17,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..checkpoint import check_output_dir, load_config
 from ..prune.budget import Budget
 from ..prune.slice import slice_checkpoint
 from ..report import format_table, human
+from .quant import check_quant, export_quantized, load_quantizer_state, quantize_
 from .space import ElasticSpace
-from .train import ElasticError, _fingerprint, load_state, resolve_budgets
+from .train import ELASTIC_DIR, QUANTIZERS, ElasticError, _fingerprint, load_state, resolve_budgets
 
 __all__ = ["SliceResult", "budget_choice", "run_space", "slice_run"]
 
@@ -117,13 +119,22 @@ def slice_run(
     interpolate: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    quant: bool = False,
 ) -> list[SliceResult]:
     """Slice ``budget`` (a label or value as given at training) of ``run`` into ``output_dir``, or with
-    ``all_budgets`` every trained budget into ``output_dir/budget-LABEL``. Nothing is trained."""
+    ``all_budgets`` every trained budget into ``output_dir/budget-LABEL``. Nothing is trained. ``quant``: a
+    RUN trained with ``--quant`` is exported in ModelOpt's quantized Hugging Face format instead, with the
+    trained per-tensor scales."""
     run = Path(run)
     if (budget is None) == (not all_budgets):
         raise ElasticError("give --budget B or --all")
     state = load_state(run)
+    if quant and not state.get("quant"):
+        raise ElasticError(
+            f"{run} was trained without --quant: slice it without --quant (or train with --quant fp8)"
+        )
+    if quant:
+        check_quant(state["quant"])
     space = run_space(run, state)
     if all_budgets:
         jobs = [
@@ -145,8 +156,41 @@ def slice_run(
         def extra(tmp: Path, note=note) -> None:
             (tmp / BUDGET_FILE).write_text(json.dumps(note, indent=1))
 
-        slice_checkpoint(run, plan, out, overwrite=overwrite, progress=progress, extra=extra)
+        if quant:
+            _export_quantized(run, space, plan, out, state["quant"], overwrite, extra)
+        else:
+            slice_checkpoint(run, plan, out, overwrite=overwrite, progress=progress, extra=extra)
         results.append(
             SliceResult(row["label"], out, row["sizes"], row["params"], row["memory"], interpolated)
         )
     return results
+
+
+def _export_quantized(
+    run: Path, space: ElasticSpace, plan, out: Path, quant: str, overwrite: bool, extra
+) -> None:
+    """The plan's size of the RUN, fake-quantized with the RUN's trained per-tensor scales (the same for every
+    size: scales are not pruned), exported by ModelOpt; with the tokenizer, the plan and ``extra``."""
+    from safetensors.torch import load_file
+
+    from ..checkpoint import atomic_output_dir
+    from ..distill.models import load_causal_lm, load_tokenizer
+    from ..prune.slice import PLAN_FILE, slice_model
+
+    adapter = space.adapter
+    kept = plan.kept_layers(adapter.num_layers(space.config))
+    prefix = adapter.layers_prefix + "."
+
+    def parent_name(name: str) -> str:  # a quantizer of the sliced model -> the parent's (layers renumbered)
+        if not name.startswith(prefix):
+            return name
+        return adapter.renumber(name, kept[int(name[len(prefix) :].split(".", 1)[0])])
+
+    with atomic_output_dir(out, overwrite, (run,)) as tmp:
+        sliced = slice_model(load_causal_lm(run), plan)
+        quantize_(sliced, quant, torch.zeros(1, 8, dtype=torch.long))  # every amax is then replaced
+        load_quantizer_state(sliced, load_file(run / ELASTIC_DIR / QUANTIZERS), parent_name)
+        export_quantized(sliced, tmp)
+        load_tokenizer(run).save_pretrained(tmp)
+        plan.save(tmp / PLAN_FILE)
+        extra(tmp)

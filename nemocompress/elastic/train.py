@@ -48,6 +48,7 @@ from ..prune.budget import Budget, parse_count
 from ..report import format_table, human
 from ..settings import read_settings
 from .model import ElasticModel, Schedule, budget_probabilities
+from .quant import check_quant
 from .space import ElasticSpace
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
 ELASTIC_DIR = "elastic"
 STATE = "elastic.json"
 ROUTERS = "routers.safetensors"
+QUANTIZERS = "quantizers.safetensors"
 SPACE = "space.json"
 CONFIG_FILE = "elastic_config.yaml"
 STATE_VERSION = 1
@@ -128,6 +130,11 @@ class ElasticConfig:
     memory_batch_size: int = field(default=1, metadata={"help": "sequences of memory and latency budgets"})
     dtype: str = field(default="bfloat16", metadata={"help": "dtype of memory and latency budgets"})
     device_profile: str = field(default="h100", metadata={"help": "device of latency budgets"})
+    quant: str | None = field(
+        default=None,
+        metadata={"help": "train with fake quantization (ModelOpt): fp8 (CPU too) or nvfp4 (GPU)",
+                  "choices": ("fp8", "nvfp4"), "default_help": "none"},
+    )  # fmt: skip
     eval_every: int = field(default=50, metadata={"help": "held-out evaluation period (every budget)"})
     eval_samples: int = field(default=8, metadata={"help": "held-out sequences evaluated"})
     save_every: int = field(default=50, metadata={"help": "checkpoint period in steps, 0: none"})
@@ -328,7 +335,7 @@ def train_elastic(
     """Train the elastic parent of ``config`` (module docstring). ``scores()`` -> (unit scores per axis,
     layer scores or None), called only when the RUN has no space yet. Bad input raises before writing."""
     from accelerate import PartialState
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     state_proc = PartialState(cpu=not torch.cuda.is_available())  # on CPU under torchrun: gloo
     run = Path(config.output_dir)
@@ -341,6 +348,7 @@ def train_elastic(
             return load_result(run)
     if run.exists() and not (config.resume or config.overwrite):
         raise OutputError(f"{run} already exists: pass --resume to continue it, --overwrite to start over")
+    check_quant(config.quant)
     metric = METRICS[config.budget_metric]
     settings = config.cost_settings()
     probe = _random_space(parent_config, config)  # sizes and costs need no scores: check budgets first
@@ -375,7 +383,7 @@ def train_elastic(
 
     elastic = ElasticModel(space, [b.target for b in budgets], table[metric], valid,
                            Schedule(config.steps, seed=config.seed), config.cost_weight, [b.label for b in budgets],
-                           config.router_lr / config.lr, tolerance=config.tolerance)  # fmt: skip
+                           config.router_lr / config.lr, tolerance=config.tolerance, quant=config.quant)  # fmt: skip
     student, offset, records = config.parent, 0, []
     for name, steps, seq_len, weights in stages:
         out = edir / "training" / name
@@ -383,16 +391,16 @@ def train_elastic(
         elastic.schedule = Schedule(
             config.steps, offset, weights, config.seed, config.temperature, config.logit_scale
         )
+        scales = out / QUANTIZERS
         if routers.is_file() and (out / "final").is_dir():  # a stage finished before an interruption
             elastic.routers.load_state_dict(load_file(routers))
+            elastic.quant_state = load_file(scales) if config.quant else None
         else:
             distill(_distill_config(config, student, out, steps, seq_len), elastic, end_processes=False)
             if state_proc.is_main_process:
-                with atomic_file(routers) as tmp:
-                    save_file(
-                        {k: v.detach().cpu().contiguous() for k, v in elastic.routers.state_dict().items()},
-                        tmp,
-                    )
+                if config.quant:  # before the routers: their file marks the stage as done
+                    _save_tensors(scales, elastic.quant_state)
+                _save_tensors(routers, elastic.routers.state_dict())
             state_proc.wait_for_everyone()
         records += [{**r, "stage": name} for r in read_metrics(out / "metrics.jsonl")]
         student, offset = str(out / "final"), offset + steps
@@ -430,7 +438,7 @@ def _check_same_run(edir: Path, config: ElasticConfig, parent_config) -> None:
     before = yaml.safe_load((edir / CONFIG_FILE).read_text()) or {}
     keep = ("budgets", "budget_metric", "steps", "seq_len", "stage1_seq_len", "stage1_fraction", "budget_weights",
             "batch_size", "grad_accum", "lr", "router_lr", "min_lr", "kd_loss", "cost_weight", "seed", "max_width_pruning",
-            "max_depth_pruning", "context_length", "memory_batch_size", "dtype", "device_profile")  # fmt: skip
+            "max_depth_pruning", "context_length", "memory_batch_size", "dtype", "device_profile", "quant")  # fmt: skip
     now = config.to_dict()
     changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in keep if before.get(k) != now[k]]
     if changed:
@@ -477,12 +485,18 @@ def _final_state(elastic: ElasticModel, budgets, config, metric, table, records,
     return {
         "version": STATE_VERSION, "parent": _fingerprint(parent_config), "metric": metric,
         "cost_settings": settings.to_dict(), "tolerance": config.tolerance, "budgets": rows,
-        "space": elastic.space.to_dict(), "steps": config.steps,
+        "space": elastic.space.to_dict(), "steps": config.steps, "quant": config.quant,
     }  # fmt: skip
 
 
-def _write_run(run: Path, final: Path, elastic: ElasticModel, state: dict, records: list[dict]) -> None:
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+
+
+def _write_run(run: Path, final: Path, elastic: ElasticModel, state: dict, records: list[dict]) -> None:
 
     from ..checkpoint import replace_dir
 
@@ -497,8 +511,9 @@ def _write_run(run: Path, final: Path, elastic: ElasticModel, state: dict, recor
         else:
             p.replace(target)
     staging.rmdir()
-    with atomic_file(edir / ROUTERS) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in elastic.routers.state_dict().items()}, tmp)
+    _save_tensors(edir / ROUTERS, elastic.routers.state_dict())
+    if elastic.quant is not None:
+        _save_tensors(edir / QUANTIZERS, elastic.quant_state)
     _plot_budgets(records, state, edir / "budgets.png")
     for stage in (edir / "training").glob("stage*"):  # the parent is in RUN now; optimizer states go
         shutil.rmtree(stage / "checkpoints", ignore_errors=True)
