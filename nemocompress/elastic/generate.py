@@ -26,13 +26,12 @@ import torch
 
 from ..arch.masking import install_masks
 from ..distill.models import load_causal_lm, load_tokenizer
+from ..reasoning import THINK_END, THINK_START, prompt_text
 from ..report import format_table
 from .slice import budget_choice, run_space
 from .train import ELASTIC_DIR, ElasticError, load_state
 
 __all__ = ["GenerateResult", "Phase", "generate_text", "read_prompts", "THINK_END", "THINK_START"]
-
-THINK_START, THINK_END = "<think>", "</think>"
 
 
 @dataclass
@@ -163,14 +162,7 @@ def _token_id(tokenizer, token: str) -> int | None:
 
 
 def _prompt_ids(tokenizer, prompt: str, thinking: bool) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = prompt
-    if thinking and not text.rstrip().endswith(THINK_START):
-        text = text + THINK_START + "\n"
+    text = prompt_text(tokenizer, prompt, thinking)
     return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
 
 
