@@ -7,7 +7,8 @@ One model is loaded and masked in place (no second copy): the think phase runs a
 model closes its reasoning (the tokenizer's ``</think>`` token, or end of text, or ``max_think_tokens``
 tokens, after which ``</think>`` is forced); then the masks switch to ``answer_budget`` and the whole context
 (prompt, reasoning, ``</think>``) is prefilled again at that budget, with a fresh cache, before the answer is
-written (at most ``max_new_tokens`` tokens, until end of text). Decoding is greedy. A model without a
+written (at most ``max_new_tokens`` tokens, until end of text); with one budget for both phases the answer
+continues from the think phase's cache instead. Decoding is greedy. A model without a
 thinking format has one phase, the answer. A plain checkpoint has one budget, the model itself.
 
 The prompt goes through the tokenizer's chat template when it has one; with a thinking format, ``<think>``
@@ -167,14 +168,16 @@ def _prompt_ids(tokenizer, prompt: str, thinking: bool) -> list[int]:
 
 
 @torch.no_grad()
-def _greedy(model, context: list[int], max_new: int, stop: set[int]) -> tuple[list[int], float, float]:
-    """Greedy tokens after ``context`` (a fresh cache): until a ``stop`` token (kept) or ``max_new``; with the
-    prefill and decode seconds."""
+def _greedy(model, context: list[int], max_new: int, stop: set[int], cache=None):
+    """Greedy tokens after ``context`` (prefilled into a fresh cache, or appended to ``cache``): until a
+    ``stop`` token (kept, not yet fed) or ``max_new``. Returns the tokens, the prefill and decode seconds and
+    the cache (holding ``context`` and every token but the last)."""
     device = next(model.parameters()).device
     # transformers >= 5.24 names the cache `cache` (argument and output); earlier, `past_key_values`
     key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     began = time.perf_counter()
-    out = model(torch.tensor([context], device=device), use_cache=True)
+    given = {} if cache is None else {key: cache}
+    out = model(torch.tensor([context], device=device), use_cache=True, **given)
     prefill = time.perf_counter() - began
     tokens: list[int] = []
     began = time.perf_counter()
@@ -183,9 +186,12 @@ def _greedy(model, context: list[int], max_new: int, stop: set[int]) -> tuple[li
         tokens.append(nxt)
         if nxt in stop or len(tokens) == max_new:
             break
-        cache = out.get("cache", out.get("past_key_values"))
-        out = model(torch.tensor([[nxt]], device=device), use_cache=True, **{key: cache})
-    return tokens, prefill, time.perf_counter() - began
+        out = model(torch.tensor([[nxt]], device=device), use_cache=True, **{key: _cache(out)})
+    return tokens, prefill, time.perf_counter() - began, _cache(out)
+
+
+def _cache(out):
+    return out.get("cache", out.get("past_key_values"))
 
 
 def generate_text(
@@ -219,19 +225,24 @@ def generate_text(
     outputs = []
     for prompt in prompts:
         context = _prompt_ids(tokenizer, prompt, think_end is not None)
-        phases, thinking = [], None
+        phases, thinking, cache, fed = [], None, None, context
         if think_end is not None:
             budgets.set(think_budget)
-            tokens, prefill, decode = _greedy(model, context, max_think_tokens, {think_end} | eos)
+            tokens, prefill, decode, cache = _greedy(model, context, max_think_tokens, {think_end} | eos)
             forced = not tokens or tokens[-1] != think_end
-            if tokens and tokens[-1] in eos:
-                tokens = tokens[:-1]
-            thinking = tokenizer.decode([t for t in tokens if t != think_end], skip_special_tokens=False)
+            thought = [t for t in tokens if t != think_end and t not in eos]
+            thinking = tokenizer.decode(thought, skip_special_tokens=False)
             phases.append(Phase("think", think_budget, len(tokens), len(context), prefill, decode, forced))
-            context = context + [t for t in tokens if t != think_end] + [think_end]
-        budgets.set(answer_budget)  # the switch: the whole context is prefilled again at this budget
-        tokens, prefill, decode = _greedy(model, context, max_new_tokens, eos)
-        phases.append(Phase("answer", answer_budget, len(tokens), len(context), prefill, decode))
+            # the cache holds every think-phase token but the last (a stop token, or the max_think_tokens-th)
+            fed = (
+                [tokens[-1], think_end] if tokens[-1] != think_end and tokens[-1] not in eos else [think_end]
+            )
+            context = context + thought + [think_end]
+        if think_end is None or think_budget != answer_budget:
+            budgets.set(answer_budget)  # the switch: the whole context is prefilled again at this budget
+            cache, fed = None, context
+        tokens, prefill, decode, _ = _greedy(model, fed, max_new_tokens, eos, cache)
+        phases.append(Phase("answer", answer_budget, len(tokens), len(fed), prefill, decode))
         answer = tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
         outputs.append(Output(prompt, thinking, answer, phases, context + tokens))
     budgets.set(None)

@@ -48,25 +48,37 @@ def _greedy(model, context, count):
     return out[0, len(context) :].tolist()
 
 
-def test_think_small_answer_large_switches_once_and_answers_as_the_large_model(run, monkeypatch):
+@pytest.mark.parametrize("think", ["0.5", "0.75"])
+def test_think_small_answer_large_switches_once_and_answers_as_the_large_model(run, monkeypatch, think):
     switched = []
     original = gen._Budgets.set
     monkeypatch.setattr(gen._Budgets, "set", lambda self, b: (switched.append(b), original(self, b))[1])
-    result = api.generate(run / "run", ["2 + 3 ="], think_budget="0.5", answer_budget="0.75",
+    result = api.generate(run / "run", ["2 + 3 ="], think_budget=think, answer_budget="0.75",
                           max_think_tokens=5, max_new_tokens=6)  # fmt: skip
-    assert switched == ["0.5", "0.75", None], "one switch, at the end of thinking; then the model is restored"
     out = result.outputs[0]
-    think, answer = out.phases
-    assert (think.name, think.budget, answer.name, answer.budget) == ("think", "0.5", "answer", "0.75")
-    assert think.tokens <= 5 and answer.prefill_tokens == len(out.token_ids) - answer.tokens
+    think_phase, answer = out.phases
+    assert (think_phase.name, think_phase.budget, answer.name, answer.budget) == (
+        "think",
+        think,
+        "answer",
+        "0.75",
+    )
+    context = out.token_ids[: len(out.token_ids) - answer.tokens]
+    if think == "0.75":  # one budget: no switch, the answer continues from the think phase's cache
+        assert switched == ["0.75", None] and answer.prefill_tokens <= 2
+    else:
+        assert switched == ["0.5", "0.75", None], (
+            "one switch, at the end of thinking; then the model is restored"
+        )
+        assert answer.prefill_tokens == len(context), "the whole context is prefilled again"
+    assert think_phase.tokens <= 5
     end = gen._token_id(gen.load_tokenizer(run / "run"), gen.THINK_END)
-    context = out.token_ids[: answer.prefill_tokens]
     assert context[-1] == end and context.count(end) == 1
     api.elastic_slice(run / "run", run / "sliced-0.75", budget="0.75", progress=False)
     large = AutoModelForCausalLM.from_pretrained(run / "sliced-0.75").eval()
     eos = gen.load_tokenizer(run / "run").eos_token_id
     expected = _greedy(large, context, answer.tokens)
-    assert out.token_ids[answer.prefill_tokens :] == expected[: answer.tokens]
+    assert out.token_ids[len(context) :] == expected[: answer.tokens]
     assert eos not in expected[: answer.tokens - 1]
     shutil.rmtree(run / "sliced-0.75")
 
