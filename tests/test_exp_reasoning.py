@@ -1,0 +1,33 @@
+"""benchmarks/exp_reasoning.py end to end on a zoo model with tiny settings: every budget pair is measured,
+the table, the verdict and the Pareto plot are written."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from nemocompress.zoo import save_zoo_checkpoint
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "exp_reasoning.py"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_exp_reasoning_runs_every_budget_pair(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("exp_reasoning", SCRIPT)
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    save_zoo_checkpoint("llama", tmp_path / "parent")
+    results = exp.main([
+        "--parent", str(tmp_path / "parent"), "--workdir", str(tmp_path / "work"), "--train-problems", "200",
+        "--test-problems", "3", "--finetune-steps", "3", "--elastic-steps", "4", "--seq-len", "64",
+        "--batch-size", "4", "--max-think-tokens", "4", "--max-new-tokens", "3", "--max-width-pruning", "0.75",
+        "--max-depth-pruning", "0.67",
+    ])  # fmt: skip
+    pairs = {(r["think"], r["answer"]) for r in results["rows"]}
+    assert pairs == {(a, b) for a in ("0.5", "0.75", "1.0") for b in ("0.5", "0.75", "1.0")}
+    assert all(0 <= r["accuracy"] <= 1 and r["latency_s"] > 0 for r in results["rows"])
+    assert (tmp_path / "work" / "pareto.png").stat().st_size > 0
+    assert json.loads((tmp_path / "work" / "results.json").read_text())["rows"] == results["rows"]
+    shown = capsys.readouterr().out
+    assert "| think | answer | accuracy" in shown and ("beats" in shown or "No mixed" in shown)
