@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "exp_reasoning.py"
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_exp_reasoning_runs_every_budget_pair(tmp_path, capsys):
+def test_exp_reasoning_and_bench_generate_run_every_budget_pair(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("exp_reasoning", SCRIPT)
     exp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(exp)
@@ -31,3 +31,11 @@ def test_exp_reasoning_runs_every_budget_pair(tmp_path, capsys):
     assert json.loads((tmp_path / "work" / "results.json").read_text())["rows"] == results["rows"]
     shown = capsys.readouterr().out
     assert "| think | answer | accuracy" in shown and ("beats" in shown or "No mixed" in shown)
+
+    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT.with_name("bench_generate.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--run", str(tmp_path / "work" / "run"), "--prompts", "2", "--repeats", "1",
+                       "--max-think-tokens", "3", "--max-new-tokens", "2"])  # fmt: skip
+    assert [(r["think"], r["answer"]) for r in rows] == [("1.0", "1.0"), ("0.5", "1.0"), ("0.75", "1.0")]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["reprefill_tokens"] > rows[0]["reprefill_tokens"]
