@@ -187,7 +187,7 @@ def test_uld_and_gold_match_trl_itself(student_tok, teacher_tok):
             uld_crossentropy_weight=0.0, uld_distillation_weight=1.0, uld_student_temperature=1.0,
             uld_teacher_temperature=1.0, uld_skip_student_eos=False, uld_skip_teacher_eos=False,
             use_extended_uld=True, uld_use_hybrid_loss=hybrid, uld_hybrid_matched_weight=None,
-            uld_hybrid_unmatched_weight=None, beta=0.5,
+            uld_hybrid_unmatched_weight=None, beta=0.5, uld_token_merge_strategy="observed",
         )  # fmt: skip
         trl = ULDLoss(config, student_tok, teacher_tok)
         per_sample = []
