@@ -18,7 +18,9 @@ evaluation, checkpoints or the final save), the first ``--warmup`` steps of ever
 trainer's clock is this process's CPU time (all threads), so ``step_s`` is the compute of the step, not the
 time it waited for a core on a shared machine; the wall time of the same steps is kept too. The sides
 alternate over ``--rounds`` runs (plain, elastic, elastic, plain, ...) so that a change in machine load hits
-both; the table gives the best and the median step over all runs of a side.
+both; run ``i`` of either side has seed ``i`` (the same data order on both sides; on the elastic side the
+budgets drawn per step, a function of seed and step, differ between runs). The table gives the best and the
+median step over all runs of a side.
 
 Usage:
   python benchmarks/bench_elastic_step.py                    # SmolLM2-135M-Instruct, 2 x 128 tokens
@@ -100,11 +102,11 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[str, str]:
     return parent, str(data)
 
 
-def elastic_config(args: argparse.Namespace, parent: str, data: str, out: Path) -> ElasticConfig:
+def elastic_config(args: argparse.Namespace, parent: str, data: str, out: Path, seed: int) -> ElasticConfig:
     return ElasticConfig(
         parent=parent, budgets=args.budgets, data=data, output_dir=str(out), steps=args.steps,
         seq_len=args.seq_len, batch_size=args.batch_size, eval_every=0, save_every=0, eval_samples=1,
-        progress=False, warmup_steps=0,
+        progress=False, warmup_steps=0, seed=seed,
     )  # fmt: skip
 
 
@@ -133,10 +135,10 @@ class Clock:
         return time.process_time() if self.cpu else self.wall[-1]
 
 
-def run_side(side: str, args: argparse.Namespace, parent: str, data: str, out: Path) -> list[dict]:
+def run_side(side: str, args: argparse.Namespace, parent: str, data: str, out: Path, seed: int) -> list[dict]:
     """One run of ``side``; its timed step records (``step_s``, ``wall_s``, and ``budget`` on the elastic
     side)."""
-    config = elastic_config(args, parent, data, out)
+    config = elastic_config(args, parent, data, out, seed)
     extension = elastic_model(config) if side == "elastic" else None
     clock = Clock(args.clock == "cpu")
     with mock.patch.object(trainer, "time", clock):
@@ -183,7 +185,7 @@ def measure(args: argparse.Namespace) -> dict:
     records: dict[str, list[dict]] = {side: [] for side in SIDES}
     for i in range(args.rounds):
         for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-            steps = run_side(side, args, parent, data, work / f"{side}-{i}")
+            steps = run_side(side, args, parent, data, work / f"{side}-{i}", seed=i)
             records[side] += steps
             times = ", ".join(
                 f"{r['step_s']:.3f}/{r['wall_s']:.3f}" + (f"@{r['budget']}" if "budget" in r else "")

@@ -11,7 +11,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_elastic_ste
 def test_bench_elastic_step_quick_prints_the_ratio_table(tmp_path, capsys):
     main = runpy.run_path(str(SCRIPT))["main"]
     threads = torch.get_num_threads()
-    result = main(["--quick", "--rounds", "1", "--steps", "4", "--threads", "1", "--workdir", str(tmp_path)])
+    argv = ["--quick", "--rounds", "1", "--steps", "4", "--seq-len", "32", "--threads", "1",
+            "--workdir", str(tmp_path)]  # fmt: skip
+    result = main(argv)
     out = capsys.readouterr().out
     assert torch.get_num_threads() == threads  # --threads does not outlive the run
     assert "| plain KD" in out and "| elastic (all budgets)" in out
