@@ -14,9 +14,11 @@ the student = a copy of the parent, the same sequence length, batch, steps, lear
 A smaller budget skips no compute (its masks zero units of the full-size parent), so every elastic step has
 the plain step's shapes; the table also shows the elastic steps per budget drawn. Time per optimizer step is
 the trainer's own ``step_s`` (metrics.jsonl: from the learning-rate set-up to after the optimizer step; not
-evaluation, checkpoints or the final save), the first ``--warmup`` steps of every run left out. On CPU (``--clock cpu``, the default there) the
-trainer's clock is this process's CPU time (all threads), so ``step_s`` is the compute of the step, not the
-time it waited for a core on a shared machine; the wall time of the same steps is kept too. The sides
+evaluation, checkpoints or the final save), the first ``--warmup`` steps of every run left out. On CPU
+(``--clock cpu``, the default there) the trainer's clock is this process's CPU time (all threads), so
+``step_s`` is the compute of the step, not the time it waited for a core on a shared machine; the wall time
+of the same steps is kept too. On a loaded machine pass ``--threads 1``: idle OpenMP threads that wait for
+a core count as CPU time. The sides
 alternate over ``--rounds`` runs (plain, elastic, elastic, plain, ...) so that a change in machine load hits
 both; run ``i`` of either side has seed ``i`` (the same data order on both sides; on the elastic side the
 budgets drawn per step, a function of seed and step, differ between runs). The table gives the best and the
@@ -24,6 +26,7 @@ median step over all runs of a side.
 
 Usage:
   python benchmarks/bench_elastic_step.py                    # SmolLM2-135M-Instruct, 2 x 128 tokens
+  python benchmarks/bench_elastic_step.py --steps 8 --rounds 3 --threads 1     # benchmarks/RESULTS.md
   python benchmarks/bench_elastic_step.py --quick            # a zoo Llama, seconds (a smoke test)
   python benchmarks/bench_elastic_step.py --model DIR --data TEXT --seq-len 256 --batch-size 4 --rounds 3
 """
