@@ -32,9 +32,10 @@ nats/token, before and after the final distillation.
 
 Results go to ``WORKDIR/results.json`` and Markdown tables on stdout. The defaults are small for 2 shared
 CPU cores (sequences of 64 tokens, batches of 4, 3 KD steps per MiniPuzzle candidate, 10 + 9 final steps):
-SmolLM2 alone took about 60 minutes on 2 heavily shared cores. Usage (the settings of RESULTS.md):
+SmolLM2 alone took about 60 minutes on 2 heavily shared cores, the (cached) reference hybrid 12 minutes.
+Usage (the settings of RESULTS.md):
   python benchmarks/exp_search.py --workdir /tmp/exp_search --parents smollm2
-  python benchmarks/exp_search.py --workdir /tmp/exp_search_hybrid --parents hybrid
+  python benchmarks/exp_search.py --workdir /tmp/exp_search_hybrid2 --parents hybrid
 """
 
 from __future__ import annotations
