@@ -29,6 +29,11 @@ and KL to the parent in nats/token on ``--test-samples`` held-out samples of it 
 Storage: bytes of the elastic deployment (RUN's ``*.safetensors`` + ``elastic/routers.safetensors``)
 against the three separate checkpoints (each budget's distilled model + the parent's safetensors).
 
+A finished elastic RUN in WORKDIR is reused (``elastic_train(resume=True)``; ``--fresh`` retrains it), so
+an interrupted experiment restarts after its elastic run; ``timings.elastic_steps_s`` is the sum of the
+RUN's recorded step times either way. ``--no-api-prune-check`` skips the ``api.importance`` +
+``api.prune`` cross-check (one more calibration, minutes on SmolLM2).
+
 Results go to ``WORKDIR/results.json`` and Markdown tables on stdout. Usage (the settings of RESULTS.md):
   python benchmarks/exp_elastic.py --workdir /tmp/exp_elastic --parents hybrid,smollm2
 """
@@ -80,6 +85,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--router-lr", type=float, default=1e-3)
     p.add_argument("--max-width-pruning", type=float, default=0.6, help="of the elastic space")
     p.add_argument("--max-depth-pruning", type=float, default=0.5, help="of the elastic space")
+    p.add_argument(
+        "--no-api-prune-check", action="store_true",
+        help="skip the api.importance + api.prune cross-check of (B)'s units (one more calibration)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="retrain the elastic RUN in WORKDIR (default: reuse a finished one)",
+    )
     p.add_argument("--test-samples", type=int, default=16)
     p.add_argument("--test-seq-len", type=int, default=64)
     return p.parse_args(argv)
@@ -92,7 +106,8 @@ def token_plan(args, runs: int) -> dict:
     per_run, rest = divmod(elastic, runs * args.batch_size * args.seq_len)
     if rest or per_run < 1:
         raise SystemExit(
-            f"{elastic} elastic tokens do not split into {runs} whole distillations of batch {args.batch_size} "
+            f"{elastic} elastic tokens do not split into {runs} whole distillations of batch "
+            f"{args.batch_size} "
             f"x {args.seq_len} tokens; change --steps"
         )
     return {"elastic_tokens": elastic, "separate_steps": per_run,
@@ -107,6 +122,18 @@ def stored_dtype(folder: Path) -> str:
     """The dtype of the first tensor of the first safetensors file in ``folder``."""
     with safe_open(str(sorted(Path(folder).glob("*.safetensors"))[0]), "pt") as f:
         return str(f.get_slice(next(iter(f.keys()))).get_dtype())
+
+
+def api_prune_check(parent_dir: Path, work: Path, label: str, sizes: dict, options, plan) -> dict:
+    """``api.prune`` of the parent to ``sizes`` with the saved scores: its params and where it keeps other
+    units or layers than ``plan`` (the elastic space's)."""
+    other = api.prune(
+        parent_dir, work / f"api-prune-{label}", sizes, options, scores=work / "importance", overwrite=True,
+        progress=False,
+    ).plan  # fmt: skip
+    differ = sorted(k for k in set(plan.kept) | set(other.kept) if plan.kept.get(k) != other.kept.get(k))
+    return {"params": count_params(other.apply_config(load_config(parent_dir))), "differs_on": differ,
+            "layers": other.kept.get("layers"), "elastic_layers": plan.kept.get("layers")}  # fmt: skip
 
 
 def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
@@ -133,7 +160,8 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
             seq_len=args.seq_len, stage1_seq_len=args.stage1_seq_len, stage1_fraction=args.stage1_fraction,
             batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, router_lr=args.router_lr,
             max_width_pruning=args.max_width_pruning, max_depth_pruning=args.max_depth_pruning,
-            eval_every=0, eval_samples=1, save_every=0, overwrite=True, progress=False,
+            eval_every=0, eval_samples=1, save_every=0, overwrite=args.fresh, resume=not args.fresh,
+            progress=False,
         ),
         options,
     )  # fmt: skip
@@ -148,13 +176,15 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
     models = {("elastic", s.label): s.output_dir for s in sliced}
     steps = [r for r in result.records if "tokens_per_s" in r]
     losses = [r["loss"] for r in steps]
+    timings["elastic_steps_s"] = sum(r["step_s"] for r in steps)  # also when a finished RUN was reused
     budget_steps = {label: sum(r["budget"] == label for r in steps) for label in rows}
 
     # (B) and (C): the same architectures pruned from the parent with the same importance, then distilled
-    began = time.perf_counter()
     scores = work / "importance"
-    api.importance(parent_dir, data, scores, options, block_sizes=(1,), overwrite=True, progress=False)
-    timings["importance_s"] = time.perf_counter() - began
+    if not args.no_api_prune_check:
+        began = time.perf_counter()
+        api.importance(parent_dir, data, scores, options, block_sizes=(1,), overwrite=True, progress=False)
+        timings["importance_s"] = time.perf_counter() - began
     api_prune = {}
     for label in budgets:
         pruned = work / f"pruned-{label}"
@@ -162,20 +192,16 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
         # the elastic space's own units and layers of this budget, from the untrained parent
         plan = space.plan(tuple(rows[label]["choice"]))
         slice_checkpoint(parent_dir, plan, pruned, overwrite=True, progress=False)
-        # api.prune to the same export sizes (same scores): which units or layers it would keep otherwise
-        other = api.prune(
-            parent_dir, work / f"api-prune-{label}", rows[label]["sizes"], options, scores=scores,
-            overwrite=True, progress=False,
-        ).plan  # fmt: skip
-        differ = sorted(k for k in set(plan.kept) | set(other.kept) if plan.kept.get(k) != other.kept.get(k))
-        api_prune[label] = {"params": count_params(other.apply_config(load_config(parent_dir))),
-                            "differs_on": differ, "layers": other.kept.get("layers"),
-                            "elastic_layers": plan.kept.get("layers")}  # fmt: skip
+        if args.no_api_prune_check:
+            api_prune[label] = None
+        else:  # api.prune to the same export sizes (same scores): which units or layers it keeps instead
+            api_prune[label] = api_prune_check(parent_dir, work, label, rows[label]["sizes"], options, plan)
         timings[f"prune_{label}_s"] = time.perf_counter() - began
         began = time.perf_counter()
         final = distill(
             DistillConfig(
-                teacher=str(parent_dir), student=str(pruned), data=str(data), output_dir=str(work / f"kd-{label}"),
+                teacher=str(parent_dir), student=str(pruned), data=str(data),
+                output_dir=str(work / f"kd-{label}"),
                 steps=tokens["separate_steps"], seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                 min_lr=args.min_lr, kd_loss="kl", eval_every=0, eval_samples=1, save_every=0, overwrite=True,
                 progress=False,
@@ -215,7 +241,8 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
     storage["ratio"] = storage["elastic_bytes"] / storage["separate_bytes"]
     return {
         "params": {"parent": total, **params}, "budgets": state["budgets"], "tokens": tokens,
-        "api_prune": api_prune, "budget_steps": budget_steps, "evals": evals, "storage": storage, "timings": timings,
+        "api_prune": api_prune, "budget_steps": budget_steps, "evals": evals, "storage": storage,
+        "timings": timings,
         "elastic_train_loss": {"last": losses[-1] if losses else None, "nan": any(x != x for x in losses)},
     }  # fmt: skip
 
@@ -223,7 +250,8 @@ def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
 def markdown(name: str, r: dict, args) -> str:
     p, t, s = r["params"], r["tokens"], r["storage"]
     lines = [
-        f"**{name}**: {p['parent'] / 1e6:.2f}M params; elastic {args.steps} steps = {t['elastic_tokens']:,} tokens; "
+        f"**{name}**: {p['parent'] / 1e6:.2f}M params; elastic {args.steps} steps = "
+        f"{t['elastic_tokens']:,} tokens; "
         f"separate {t['separate_steps']} steps per size = {t['separate_tokens']:,} tokens in all",
         "",
         "| budget | chosen architecture | params (vs target) | elastic steps at it |",
@@ -232,11 +260,13 @@ def markdown(name: str, r: dict, args) -> str:
     for b in r["budgets"]:
         arch = ", ".join(f"{k} {v}" for k, v in b["sizes"].items())
         lines.append(
-            f"| {b['label']} | {arch} | {b['params'] / 1e6:.2f}M ({b['error']:+.1%}) | {r['budget_steps'][b['label']]} |"
+            f"| {b['label']} | {arch} | {b['params'] / 1e6:.2f}M ({b['error']:+.1%}) | "
+            f"{r['budget_steps'][b['label']]} |"
         )
     lines += [
         "",
-        "| size | domain | (A) elastic loss | (B) separate loss | (C) untrained loss | (A) KL | (B) KL | (C) KL |",
+        "| size | domain | (A) elastic loss | (B) separate loss | (C) untrained loss | (A) KL | (B) KL "
+        "| (C) KL |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for b in r["budgets"]:
@@ -251,8 +281,9 @@ def markdown(name: str, r: dict, args) -> str:
             )
     lines += [
         "",
-        f"Storage: elastic {s['elastic_bytes'] / 1e6:.1f} MB (model {s['elastic_model_bytes'] / 1e6:.1f} MB + routers "
-        f"{s['routers_bytes'] / 1e3:.1f} kB; {s['dtypes']['elastic']}) vs separate {s['separate_bytes'] / 1e6:.1f} MB "
+        f"Storage: elastic {s['elastic_bytes'] / 1e6:.1f} MB (model {s['elastic_model_bytes'] / 1e6:.1f} MB"
+        f" + routers {s['routers_bytes'] / 1e3:.1f} kB; {s['dtypes']['elastic']}) vs separate "
+        f"{s['separate_bytes'] / 1e6:.1f} MB "
         f"(distilled {s['dtypes']['separate']}, parent {s['dtypes']['parent']}): ratio {s['ratio']:.3f}",
     ]
     return "\n".join(lines)

@@ -21,10 +21,11 @@ def test_exp_elastic_compares_one_elastic_run_with_separate_runs_at_equal_tokens
     (tmp_path / "b.txt").write_text(zoo_text(seed=1))
     main = runpy.run_path(str(SCRIPT))["main"]
     main(
-        ["--workdir", str(tmp_path / "work"), "--parents", str(parent), "--data-domain", str(tmp_path / "a.txt"),
-         "--other-domain", str(tmp_path / "b.txt"), "--steps", "8", "--seq-len", "16", "--stage1-seq-len", "8",
-         "--batch-size", "2", "--lr", "1e-3", "--calib-samples", "2", "--calib-seq-len", "16", "--test-samples",
-         "2", "--test-seq-len", "16", "--max-width-pruning", "0.75", "--max-depth-pruning", "0.67"]
+        ["--workdir", str(tmp_path / "work"), "--parents", str(parent), "--data-domain",
+         str(tmp_path / "a.txt"), "--other-domain", str(tmp_path / "b.txt"), "--steps", "8", "--seq-len",
+         "16", "--stage1-seq-len", "8", "--batch-size", "2", "--lr", "1e-3", "--calib-samples", "2",
+         "--calib-seq-len", "16", "--test-samples", "2", "--test-seq-len", "16", "--max-width-pruning",
+         "0.75", "--max-depth-pruning", "0.67"]
     )  # fmt: skip
     r = json.loads((tmp_path / "work" / "results.json").read_text())["llama"]
     # equal tokens: 2 x (4 x 8 + 4 x 16) elastic = 2 runs x 3 steps x 2 x 16 separate
