@@ -50,16 +50,14 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp_search import corpus, count_params, heldout, load, loss_kl  # noqa: E402
+from exp_search import corpus, count_params, heldout, load, loss_kl, resolve_parent  # noqa: E402
 
 from nemocompress import api  # noqa: E402
-from nemocompress.assets import fetch_smollm2  # noqa: E402
 from nemocompress.checkpoint import load_config  # noqa: E402
 from nemocompress.distill import DistillConfig, distill  # noqa: E402
 from nemocompress.elastic import ElasticSpace, load_state  # noqa: E402
 from nemocompress.evaluate import evaluate  # noqa: E402
 from nemocompress.prune.slice import slice_checkpoint  # noqa: E402
-from nemocompress.reference import reference_hybrid  # noqa: E402
 
 METHODS = ("elastic", "separate", "untrained")
 
@@ -297,16 +295,9 @@ def main(argv=None) -> None:
     results = json.loads(path.read_text()) if path.is_file() else {}
     results["args"] = vars(args)
     for name in args.parents.split(","):
-        if Path(name).is_dir():  # any checkpoint (the tests use a zoo model)
-            parent_dir, name = Path(name), Path(name).name
-        elif name == "smollm2":
-            parent_dir = fetch_smollm2()
-        elif name == "hybrid":
-            parent_dir = reference_hybrid(progress=False)
-        else:
-            raise SystemExit(f"unknown parent {name!r}: use smollm2 or hybrid")
+        name, parent_dir = resolve_parent(name)
         began = time.perf_counter()
-        results[name] = run_parent(name, Path(parent_dir), args, work / name)
+        results[name] = run_parent(name, parent_dir, args, work / name)
         results[name]["timings"]["total_s"] = time.perf_counter() - began
         path.write_text(json.dumps(results, indent=1, default=str))
         print(markdown(name, results[name], args), flush=True)
