@@ -144,6 +144,18 @@ def first_layers(config, keep: int):
     )
 
 
+def resolve_parent(name: str, hybrid_max_minutes: float | None = None) -> tuple[str, Path]:
+    """(name, checkpoint directory) of ``smollm2``, ``hybrid`` or any checkpoint directory (the tests use a
+    zoo model)."""
+    if Path(name).is_dir():
+        return Path(name).name, Path(name)
+    if name == "smollm2":
+        return name, Path(fetch_smollm2())
+    if name == "hybrid":
+        return name, Path(reference_hybrid(max_minutes=hybrid_max_minutes, progress=False))
+    raise SystemExit(f"unknown parent {name!r}: use smollm2 or hybrid")
+
+
 def run_parent(name: str, parent_dir: Path, args, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data = corpus(args.data_domain)
@@ -326,14 +338,7 @@ def main(argv=None) -> None:
     results = {"args": vars(args)}
     path = work / "results.json"
     for name in args.parents.split(","):
-        if Path(name).is_dir():  # any checkpoint (the tests use a zoo model)
-            parent_dir, name = Path(name), Path(name).name
-        elif name == "smollm2":
-            parent_dir = fetch_smollm2()
-        elif name == "hybrid":
-            parent_dir = reference_hybrid(max_minutes=args.hybrid_max_minutes, progress=False)
-        else:
-            raise SystemExit(f"unknown parent {name!r}: use smollm2 or hybrid")
+        name, parent_dir = resolve_parent(name, args.hybrid_max_minutes)
         began = time.perf_counter()
         results[name] = run_parent(name, Path(parent_dir), args, work / name)
         results[name]["timings"]["total_s"] = time.perf_counter() - began
