@@ -7,7 +7,7 @@ slice_run("run", "out", budget="0.5")        # a stock checkpoint, zero-shot
 
 from .model import ElasticModel, Schedule
 from .router import Router
-from .slice import SliceResult, budget_choice, slice_run
+from .slice import RunMasks, SliceResult, budget_choice, slice_run
 from .space import ElasticSpace, RouterAxis
 from .train import ElasticConfig, ElasticError, ElasticResult, budgets_table, load_state, train_elastic
 
@@ -18,6 +18,7 @@ __all__ = [
     "ElasticResult",
     "ElasticSpace",
     "Router",
+    "RunMasks",
     "RouterAxis",
     "Schedule",
     "SliceResult",

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ..arch.masking import install_masks
 from ..distill.models import load_causal_lm, load_tokenizer
 from ..reasoning import THINK_END, THINK_START, prompt_text
 from ..report import format_table
-from .slice import budget_choice, run_space
-from .train import ELASTIC_DIR, ElasticError, load_state
+from .slice import RunMasks, budget_choice
+from .train import ELASTIC_DIR, ElasticError
 
 __all__ = ["GenerateResult", "Phase", "generate_text", "read_prompts", "THINK_END", "THINK_START"]
 
@@ -117,23 +116,15 @@ def _checked(model_dir: Path, budget: str | None, flag: str):
 
 
 class _Budgets:
-    """Switches one loaded model between an elastic RUN's budgets by its masks (a plain model: one budget)."""
+    """Switches one loaded model between a RUN's budgets by label (a plain model: one budget, no masks)."""
 
     def __init__(self, model_dir: Path, model, choices: dict) -> None:
-        self.handle, self.space, self.choices = None, None, choices
-        if (model_dir / ELASTIC_DIR).is_dir():
-            self.space = run_space(model_dir, load_state(model_dir))
-            names = [n for mats in self.space.indicator_matrices() for n in mats if n != "layers"]
-            self.handle = install_masks(model, self.space.adapter, names, layers=True)
+        self.masks = RunMasks(model_dir, model) if (model_dir / ELASTIC_DIR).is_dir() else None
+        self.choices = choices
 
     def set(self, budget: str | None) -> None:
-        if self.handle is None:
-            return
-        if budget is None:
-            self.handle.set({}, {})
-            return
-        units, layers = self.space.weights(self.space.one_hot(self.choices[budget]))
-        self.handle.set(units, {i: float(w) for i, w in layers.items()})
+        if self.masks is not None:
+            self.masks.set(None if budget is None else self.choices[budget])
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -11,6 +11,7 @@ and no training step saw it, and the result says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..arch.masking import install_masks
 from ..checkpoint import check_output_dir, load_config
 from ..prune.budget import Budget
 from ..prune.slice import slice_checkpoint
@@ -27,7 +29,7 @@ from .quant import check_quant, export_quantized, load_quantizer_state, quantize
 from .space import ElasticSpace
 from .train import ELASTIC_DIR, QUANTIZERS, ElasticError, _fingerprint, load_state, resolve_budgets
 
-__all__ = ["SliceResult", "budget_choice", "run_space", "slice_run"]
+__all__ = ["RunMasks", "SliceResult", "budget_choice", "run_space", "slice_run"]
 
 BUDGET_FILE = "elastic_budget.json"
 
@@ -65,6 +67,31 @@ def run_space(run: Path, state) -> ElasticSpace:
             "`elastic train` wrote it"
         )
     return ElasticSpace.from_dict(config, state["space"])
+
+
+class RunMasks:
+    """A loaded copy of a RUN's parent, masked in place to any choice of its space (what that choice's sliced
+    checkpoint computes); ``set(None)`` restores the full model."""
+
+    def __init__(self, run: str | Path, model) -> None:
+        self.space = run_space(Path(run), load_state(run))
+        names = [n for mats in self.space.indicator_matrices() for n in mats if n != "layers"]
+        self.handle = install_masks(model, self.space.adapter, names, layers=True)
+
+    def set(self, choice) -> None:
+        if choice is None:
+            self.handle.set({}, {})
+            return
+        units, layers = self.space.weights(self.space.one_hot(choice))
+        self.handle.set(units, {i: float(w) for i, w in layers.items()})
+
+    @contextlib.contextmanager
+    def at(self, choice):
+        self.set(choice)
+        try:
+            yield
+        finally:
+            self.set(None)
 
 
 def budget_choice(

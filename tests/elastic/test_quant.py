@@ -12,11 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from nemocompress import cli
-from nemocompress.elastic import ElasticConfig, ElasticModel, ElasticSpace, load_state, train_elastic
-from nemocompress.elastic.model import Schedule
+from nemocompress.elastic import ElasticConfig, RunMasks, load_state, train_elastic
 from nemocompress.elastic.quant import load_quantizer_state, quantize_
 from nemocompress.elastic.train import ELASTIC_DIR, QUANTIZERS
-from nemocompress.prune.budget import Budget
 from nemocompress.zoo import save_zoo_checkpoint, zoo_text
 
 pytest.importorskip("modelopt.torch.quantization")
@@ -81,14 +79,9 @@ def test_sliced_fp8_checkpoint_reloads_through_modelopt_and_matches_the_masked_p
     state = load_state(root / "run")
     quantize_(parent, "fp8", torch.zeros(1, 8, dtype=torch.long))
     load_quantizer_state(parent, load_file(root / "run" / ELASTIC_DIR / QUANTIZERS))
-    space = ElasticSpace.from_dict(parent.config, state["space"])
-    table, valid = space.cost_tables(Budget())
-    elastic = ElasticModel(
-        space, [b["target"] for b in state["budgets"]], table["params"], valid, Schedule(1)
-    )
-    elastic.attach(parent)
+    masks = RunMasks(root / "run", parent)
     tokens = torch.randint(0, 98, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), elastic.hard(state["budgets"][0]["choice"]):
+    with torch.no_grad(), masks.at(state["budgets"][0]["choice"]):
         masked = parent(tokens).logits
     with torch.no_grad():
         reloaded = plain.eval()(tokens).logits

@@ -20,14 +20,11 @@ from nemocompress.distill.trainer import latest_checkpoint
 from nemocompress.elastic import (
     ElasticConfig,
     ElasticError,
-    ElasticModel,
-    ElasticSpace,
+    RunMasks,
     load_state,
     train_elastic,
 )
-from nemocompress.elastic.model import Schedule
 from nemocompress.elastic.train import ELASTIC_DIR, load_result
-from nemocompress.prune.budget import Budget
 from nemocompress.zoo import save_zoo_checkpoint, zoo_text
 
 SCRIPT = Path(__file__).with_name("run_elastic.py")
@@ -118,14 +115,9 @@ def test_sliced_budget_reloads_generates_and_equals_the_masked_parent(run, tmp_p
     assert json.loads((tmp_path / "half" / "elastic_budget.json").read_text())["budget"] == "0.5"
 
     parent = AutoModelForCausalLM.from_pretrained(run).eval()
-    space = ElasticSpace.from_dict(parent.config, state["space"])
-    table, valid = space.cost_tables(Budget())
-    elastic = ElasticModel(
-        space, [b["target"] for b in state["budgets"]], table["params"], valid, Schedule(1)
-    )
-    elastic.attach(parent)
+    masks = RunMasks(run, parent)
     tokens = torch.randint(0, 98, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), elastic.hard(row["choice"]):
+    with torch.no_grad(), masks.at(row["choice"]):
         masked = parent(tokens).logits
     torch.testing.assert_close(sliced(tokens).logits.detach(), masked, atol=1e-5, rtol=0)
 
