@@ -58,3 +58,13 @@ def test_exp_elastic_refuses_steps_that_do_not_split_into_equal_tokens():
     args = ns["parse_args"](["--steps", "7", "--batch-size", "2", "--seq-len", "16", "--stage1-seq-len", "8"])
     with pytest.raises(SystemExit, match="do not split"):
         ns["token_plan"](args, 2)
+
+
+@pytest.mark.slow
+def test_exp_elastic_on_the_reference_hybrid(tmp_path):
+    """The RESULTS.md experiment on the real reference hybrid, at toy step counts."""
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "exp_elastic.py"))["main"]
+    main(["--workdir", str(tmp_path), "--parents", "hybrid", "--steps", "8", "--calib-samples", "2",
+          "--test-samples", "2", "--no-api-prune-check"])  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "hybrid" in results

@@ -39,3 +39,18 @@ def test_exp_reasoning_and_bench_generate_run_every_budget_pair(tmp_path, capsys
                        "--max-think-tokens", "3", "--max-new-tokens", "2"])  # fmt: skip
     assert [(r["think"], r["answer"]) for r in rows] == [("1.0", "1.0"), ("0.5", "1.0"), ("0.75", "1.0")]
     assert rows[0]["ratio"] == 1.0 and rows[1]["reprefill_tokens"] > rows[0]["reprefill_tokens"]
+
+
+@pytest.mark.slow
+def test_exp_reasoning_on_the_reference_hybrid(tmp_path):
+    """The RESULTS.md experiment's pipeline on the real reference hybrid, at toy step counts."""
+    spec = importlib.util.spec_from_file_location("exp_reasoning", SCRIPT)
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    results = exp.main(["--parent", "hybrid", "--workdir", str(tmp_path), "--train-problems", "300",
+                        "--test-problems", "4", "--finetune-steps", "10", "--elastic-steps", "8",
+                        "--max-think-tokens", "8", "--max-new-tokens", "4"])  # fmt: skip
+    assert (
+        len(results["rows"]) == 9
+        and results["params"]["0.5"] < results["params"]["0.75"] < results["params"]["1.0"]
+    )
