@@ -23,8 +23,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 from nemocompress import api
 from nemocompress.assets import fetch_smollm2
 from nemocompress.distill import DistillConfig, distill
@@ -199,5 +197,4 @@ def plot(rows, params, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()

@@ -233,8 +233,7 @@ class ElasticModel(TrainerExtension):
     @contextlib.contextmanager
     def hard(self, choice: Sequence[int]):
         """The parent masked to exactly ``choice`` (what its sliced checkpoint computes)."""
-        units, layers = self.space.weights(self.space.one_hot(choice), self.matrices)
-        self.handle.set({k: v.detach() for k, v in units.items()}, {i: float(w) for i, w in layers.items()})
+        self.handle.set(*self.space.hard_masks(choice))
         try:
             yield
         finally:

@@ -82,8 +82,7 @@ class RunMasks:
         if choice is None:
             self.handle.set({}, {})
             return
-        units, layers = self.space.weights(self.space.one_hot(choice))
-        self.handle.set(units, {i: float(w) for i, w in layers.items()})
+        self.handle.set(*self.space.hard_masks(choice))
 
     @contextlib.contextmanager
     def at(self, choice):
@@ -130,10 +129,9 @@ def budget_choice(
         raise ElasticError(f"no architecture lies between the trained budgets around {budget}")
     distance = np.where(allowed, np.abs(values - target), np.inf)
     choice = tuple(int(i) for i in np.unravel_index(int(np.argmin(distance)), distance.shape))
-    full, _ = space.cost_tables(_settings(state))
     row = {
         "label": str(budget), "target": target, "choice": list(choice), "sizes": space.export_sizes(choice),
-        "value": float(values[choice]), "params": int(full["params"][choice]), "memory": int(full["memory"][choice]),
+        "value": float(values[choice]), "params": int(table["params"][choice]), "memory": int(table["memory"][choice]),
     }  # fmt: skip
     return row, choice, True
 

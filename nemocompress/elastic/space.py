@@ -195,6 +195,12 @@ class ElasticSpace:
                     units[name] = w
         return units, layers
 
+    def hard_masks(self, choice: Sequence[int]) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
+        """The 0/1 unit and layer weights of exactly ``choice`` (for :meth:`MaskHandle.set`: what the sliced
+        checkpoint of ``choice`` computes)."""
+        units, layers = self.weights(self.one_hot(choice))
+        return {k: v.detach() for k, v in units.items()}, {i: float(w) for i, w in layers.items()}
+
     def one_hot(self, choice: Sequence[int]) -> list[torch.Tensor]:
         return [torch.nn.functional.one_hot(torch.tensor(c), n).float() for c, n in zip(choice, self.sizes)]
 
@@ -218,11 +224,6 @@ class ElasticSpace:
                     :, 0
                 ].tolist()
         return kept
-
-    def valid_choice(self, choice: Sequence[int]) -> bool:
-        """Whether the family's config accepts the sizes of ``choice``."""
-        kinds = {a.kind: np.asarray(a.choices[c]) for a, c in zip(self.axes, choice) if a.kind != "depth"}
-        return bool(np.all(self.adapter.valid_sizes(self.config, kinds))) if kinds else True
 
     def plan(self, choice: Sequence[int]) -> Plan:
         return make_plan(self.config, self.kept(choice), self.adapter)

@@ -405,7 +405,7 @@ def train_elastic(
         records += [{**r, "stage": name} for r in read_metrics(out / "metrics.jsonl")]
         student, offset = str(out / "final"), offset + steps
     elastic.detach()
-    state = _final_state(elastic, budgets, config, metric, table[metric], records, parent_config)
+    state = _final_state(elastic, budgets, config, metric, table, records, parent_config)
     if state_proc.is_main_process:
         _write_run(run, Path(student), elastic, state, records)
     state_proc.wait_for_everyone()
@@ -461,14 +461,16 @@ def _distill_config(
         raise ElasticError(str(e)) from None
 
 
-def _final_state(elastic: ElasticModel, budgets, config, metric, table, records, parent_config) -> dict:
+def _final_state(elastic: ElasticModel, budgets, config, metric, tables, records, parent_config) -> dict:
+    """The RUN's elastic.json: per budget its choice, sizes and costs (``tables``: every metric of every
+    combination), the routers' own choice, the last held-out evaluation."""
     chosen, changed = elastic.architectures()
     settings = config.cost_settings()
-    full_table, _ = elastic.space.cost_tables(settings)
+    table = tables[metric]
     last = [r for r in records if any(k.startswith("eval/loss@") for k in r)]
     rows = []
     for b, (budget, choice) in enumerate(zip(budgets, chosen)):
-        value = float(table[choice])
+        value, own = float(table[choice]), elastic.most_probable(b)
         ev = {}
         if last:
             r = last[-1]
@@ -477,10 +479,10 @@ def _final_state(elastic: ElasticModel, budgets, config, metric, table, records,
             "label": budget.label, "target": budget.target, "choice": list(choice),
             "sizes": elastic.space.export_sizes(choice), "layers": elastic.space.kept_layers(choice),
             "value": value, "error": value / budget.target - 1,
-            "params": int(full_table["params"][choice]), "active_params": int(full_table["active_params"][choice]),
-            "memory": int(full_table["memory"][choice]), "latency_ms": float(full_table["latency"][choice]),
-            "from_router": b not in changed, "router_choice": list(elastic.most_probable(b)),
-            "router_error": float(table[elastic.most_probable(b)]) / budget.target - 1, "eval": ev,
+            "params": int(tables["params"][choice]), "active_params": int(tables["active_params"][choice]),
+            "memory": int(tables["memory"][choice]), "latency_ms": float(tables["latency"][choice]),
+            "from_router": b not in changed, "router_choice": list(own),
+            "router_error": float(table[own]) / budget.target - 1, "eval": ev,
         })  # fmt: skip
     return {
         "version": STATE_VERSION, "parent": _fingerprint(parent_config), "metric": metric,
