@@ -18,8 +18,8 @@ from .importance.options import ImportanceOptions
 from .importance.rankings import RANKINGS
 
 # Flags built from a function's keyword defaults: parameter -> metadata, as on the option dataclasses' fields
-# (``help``; where needed ``flags``, ``aliases``, ``dest``, ``choices``, ``dashed``, ``default_help``, and
-# ``deprecated`` old spellings, which still work and warn).
+# (``help``; where needed ``flags``, ``aliases``, ``dest``, ``choices``, ``dashed``, ``default_help``, ``repeat``
+# and ``deprecated`` old spellings, which still work and warn).
 _MEMORY = {
     "context_length": {"help": "tokens per sequence for the memory estimate"},
     "batch_size": {
@@ -46,6 +46,12 @@ _CACHE_TEACHER = {
     "teacher": {"help": "teacher checkpoint directory", "flags": ("--teacher",)},
     "data": {"help": "text file, folder or .jsonl", "flags": ("--data",)},
     "output_dir": {"help": "cache directory (written atomically)", "flags": ("-o", "--output")},
+    "student": {
+        "help": "student checkpoint: tokens made with its tokenizer; another one than the teacher's caches the "
+        "teacher's own tokens and top-k (for --kd-loss pkl, hkl, uld, gold)",
+        "flags": ("--student",),
+        "default_help": "the teacher's tokenizer",
+    },
     "seq_len": {"help": "tokens per sequence"},
     "num_samples": {"help": "train sequences to cache", "flags": ("--samples",), "default_help": "all"},
     "top_k": {"help": "logits kept per token"},
@@ -85,12 +91,25 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _Repeated(argparse.Action):
+    """A flag that may be given several times: once, its value; repeated, the list of values in order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        if before is self.default:  # the first time
+            setattr(namespace, self.dest, values)
+        else:
+            setattr(namespace, self.dest, [*(before if isinstance(before, list) else [before]), values])
+
+
 def _value_type(annotation, default):
     """bool, int, float or str: the default's type, else the annotation without its None."""
     if default is not None and default is not inspect.Parameter.empty:
         return type(default)
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:  # a repeated flag: the type of one value
+        annotation = typing.get_args(annotation)[0]
     return annotation if annotation in (bool, int, float) else str
 
 
@@ -98,7 +117,8 @@ def _add_flag(p, name: str, default, annotation, meta: Mapping, parse_default: b
     """One flag from a field's or parameter's metadata; its default (the one help shows) is ``default``.
 
     ``parse_default=False`` parses an unset flag as None (``distill``: the --config file, else the dataclass,
-    then decides). A parameter without a default is a required flag.
+    then decides). A parameter without a default is a required flag. ``repeat`` metadata makes a flag that
+    may be given several times (given once, its value; repeated, the list of values in order).
     """
     kind = _value_type(annotation, default)
     required = default is inspect.Parameter.empty
@@ -113,6 +133,8 @@ def _add_flag(p, name: str, default, annotation, meta: Mapping, parse_default: b
         choices = meta.get("choices")
         choices = None if choices is None else list(choices() if callable(choices) else choices)
         kwargs |= {"type": None if kind is str else kind, "choices": choices}
+        if meta.get("repeat"):
+            kwargs["action"] = _Repeated
         if meta.get("dashed"):  # shown and typed with dashes, stored with underscores
             kwargs["type"] = lambda value: value.replace("-", "_")
             kwargs["metavar"] = "{" + ",".join(c.replace("_", "-") for c in choices) + "}"

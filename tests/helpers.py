@@ -105,3 +105,32 @@ def die_in_save(n: int) -> None:
         return result
 
     Accelerator.save_state = save_then_die
+
+
+def save_model_with_tokenizer(tokenizer, path, seed: int = 0, family: str = "llama") -> None:
+    """A zoo ``family`` model resized to ``tokenizer``'s vocabulary, seeded, saved with the tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from nemocompress.zoo import zoo_config
+
+    config = zoo_config(family)
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def assert_cli_errors(capsys, argv: list[str], cases: list[tuple[list[str], str]], root) -> None:
+    """Each ``argv + flags + -o root/outI`` exits 2 with one line ``error: ...`` holding its message, and
+    writes nothing (neither ``outI`` nor anything beside it named ``outI.*``)."""
+    from pathlib import Path
+
+    from nemocompress import cli
+
+    capsys.readouterr()
+    for i, (flags, message) in enumerate(cases):
+        out = Path(root) / f"out{i}"
+        assert cli.main([*argv, *flags, "-o", str(out)]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not list(out.parent.glob(f"{out.name}.*"))

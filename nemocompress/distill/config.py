@@ -6,6 +6,7 @@ config = DistillConfig.from_yaml("distill.yaml", steps=50)   # keyword overrides
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "CE_MIXES",
     "MIXED_PRECISIONS",
     "RESUME_MAY_CHANGE",
+    "TEACHER_SELECTS",
 ]
 
 CONFIG_VERSION = 1
@@ -33,6 +35,7 @@ KD_LOSSES = kd_loss_names()
 INTERMEDIATE_LOSSES = intermediate_loss_names()
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 CE_MIXES = ("dynamic", "fixed")
+TEACHER_SELECTS = ("weighted", "min-ce")
 # Fields that may differ between a run and its resumption: none changes what a step computes (the global
 # batch, batch_size x grad_accum x processes, is checked on its own).
 RESUME_MAY_CHANGE = frozenset(
@@ -52,14 +55,17 @@ class DistillConfig:
     """Everything a distillation run needs. Validated on construction; unknown values raise DistillError.
 
     Inputs:
-        teacher: checkpoint directory of the frozen teacher. Optional with ``teacher_cache`` (training then
-            never runs the teacher) or when nothing needs it (``kd_weight=0`` and no intermediate loss).
+        teacher: checkpoint directory of the frozen teacher, or a list of them for several teachers
+            (``--teacher`` repeated). Optional with ``teacher_cache`` (training then never runs the teacher)
+            or when nothing needs it (``kd_weight=0`` and no intermediate loss).
         student: checkpoint directory of the student to train (e.g. a pruned teacher).
         data: text file, folder or .jsonl (:func:`nemocompress.data.load_texts`); tokenized with the
             student's tokenizer, split by document into train and held-out parts
             (``heldout_fraction``, ``seed``). Not needed with ``teacher_cache``, which holds the tokens.
         teacher_cache: directory written by :func:`nemocompress.distill.cache_teacher`: the tokens and the
-            teacher's top-k logits. Requires ``kd_loss="topk-kl"``.
+            teacher's top-k logits. Requires ``kd_loss="topk-kl"``; a cross-tokenizer cache (written with
+            ``student``, see there) requires ``pkl``, ``hkl``, ``uld`` or ``gold`` and is read whole (all its
+            k logits per teacher position).
         output_dir: holds ``checkpoints/``, ``metrics.jsonl``, ``loss_curve.png``, ``distill_config.yaml``
             and, at the end, ``final/`` (a stock Hugging Face checkpoint of the student).
 
@@ -84,6 +90,19 @@ class DistillConfig:
     round(i * L_t / L_s), i = 1..L_s), through a learned projection when widths differ;
     ``intermediate_weight`` None uses the dynamic alpha = KD / intermediate (Minitron).
 
+    Several teachers (``teacher`` a list): the KD term is ``sum_i w_i * KD_i`` with ``teacher_weight``
+    (one non-negative weight per teacher, in order, relative: divided by their sum; None: equal), or,
+    with ``teacher_select="min-ce"``, per micro-batch the KD term of the teacher with the lowest
+    cross-entropy on that batch's text (per token with the student's tokenizer; per byte for the
+    cross-tokenizer losses, where each teacher reads its own tokens), counted per teacher in the metrics
+    (``teacher_picks``). CE is mixed on top as for one teacher. Every teacher is compared by the one
+    ``kd_loss``: under ``kl`` (and the other same-tokenizer losses) each must share the student's
+    vocabulary; under ``pkl``/``hkl``/``uld``/``gold`` each gets its own W (``projection`` a list in the
+    teachers' order, or W built and cached per teacher beside ``output_dir``), and a teacher with the
+    student's tokenizer gets the identity W (P-KL then is forward KL). Several teachers are computed on
+    the logits path (no fused LM head), need no intermediate loss and no teacher cache; evaluation's
+    KL and top-1 are to the first teacher.
+
     Evaluation every ``eval_every`` steps (0: only before and after) on ``eval_samples`` held-out
     sequences: loss, KL to the teacher and bits per byte. Checkpoints every ``save_every`` steps
     (0: none), the last ``keep_checkpoints`` kept. ``resume`` continues from the latest checkpoint in
@@ -106,7 +125,25 @@ class DistillConfig:
     A bool field that defaults to True is the flag ``--no-NAME``.
     """
 
-    teacher: str | None = field(default=None, metadata={"help": "teacher checkpoint directory"})
+    teacher: str | list[str] | None = field(
+        default=None,
+        metadata={"help": "teacher checkpoint directory; repeat for several teachers", "repeat": True},
+    )
+    teacher_weight: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "weight of each --teacher in order, repeated (relative: divided by their sum)",
+            "repeat": True,
+            "default_help": "equal",
+        },
+    )
+    teacher_select: str = field(
+        default="weighted",
+        metadata={
+            "help": "several teachers: weighted sum of their KD terms, or per batch the one with the lowest CE",
+            "choices": TEACHER_SELECTS,
+        },
+    )
     student: str | None = field(
         default=None, metadata={"help": "student checkpoint directory (e.g. a pruned teacher)"}
     )
@@ -136,11 +173,12 @@ class DistillConfig:
     jsd_beta: float = field(default=0.5, metadata={"help": "beta of --kd-loss jsd"})
     top_k: int = field(default=64, metadata={"help": "teacher logits kept by topk-kl"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature"})
-    projection: str | None = field(
+    projection: str | list[str] | None = field(
         default=None,
         metadata={
-            "help": "cross-tokenizer projection W from `nemocompress xtoken map` (pkl, hkl)",
+            "help": "cross-tokenizer projection W from `nemocompress xtoken map` (pkl, hkl); one per --teacher",
             "default_help": "built and cached beside -o",
+            "repeat": True,
         },
     )
     ce_mix: str = field(
@@ -190,10 +228,25 @@ class DistillConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
-        for name in ("teacher", "student", "data", "output_dir", "teacher_cache", "projection"):
+        for name in ("student", "data", "output_dir", "teacher_cache"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, str(value))
+        for name in ("teacher", "projection"):  # one path, or a list of several (a list of one is the path)
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                value = [str(v) for v in value]
+                value = value[0] if len(value) == 1 else (value or None)
+            setattr(self, name, None if value is None else value if isinstance(value, list) else str(value))
+        if isinstance(self.teacher_weight, int | float):
+            self.teacher_weight = [self.teacher_weight]
+        if self.teacher_weight is not None:
+            try:
+                self.teacher_weight = [float(w) for w in self.teacher_weight]
+            except (TypeError, ValueError):
+                raise DistillError(
+                    f"teacher_weight must be numbers, one per teacher; got {self.teacher_weight!r}"
+                ) from None
         if self.layer_map is not None:
             self.layer_map = [tuple(int(i) for i in pair) for pair in self.layer_map]
         self.trackers = list(self.trackers or [])
@@ -262,9 +315,10 @@ class DistillConfig:
             raise DistillError(f"intermediate_weight must be >= 0 or None, got {self.intermediate_weight}")
         if self.kd_weight == 0 and self.ce_weight == 0 and self.intermediate is None:
             raise DistillError("every loss term has weight 0: set kd_weight, ce_weight or intermediate")
+        self._check_teachers()
         if self.teacher_cache is not None:
-            if kd_loss_spec(self.kd_loss).teacher != "topk":
-                topk = [n for n in kd_loss_names() if kd_loss_spec(n).teacher == "topk"]
+            if kd_loss_spec(self.kd_loss).teacher not in ("topk", "aligned"):
+                topk = [n for n in kd_loss_names() if kd_loss_spec(n).teacher in ("topk", "aligned")]
                 raise DistillError(
                     f"a teacher cache holds top-k logits only, so it needs --kd-loss {' or '.join(topk)} "
                     f"(got {self.kd_loss})"
@@ -287,6 +341,71 @@ class DistillConfig:
             raise DistillError(
                 "--resume continues the run in the output directory, --overwrite deletes it: pick one"
             )
+
+    def _check_teachers(self) -> None:
+        count = len(self.teachers)
+        if self.teacher_select not in TEACHER_SELECTS:
+            raise DistillError(
+                f"teacher_select must be one of {', '.join(TEACHER_SELECTS)}; got {self.teacher_select!r}"
+            )
+        if count < 2 and (self.teacher_weight is not None or self.teacher_select != "weighted"):
+            flag = "--teacher-weight" if self.teacher_weight is not None else "--teacher-select"
+            raise DistillError(
+                f"{flag} chooses among several teachers, and {count} was given: repeat --teacher, or drop {flag}"
+            )
+        if self.teacher_weight is not None:
+            if self.teacher_select != "weighted":
+                raise DistillError(
+                    "--teacher-weight weighs teachers under --teacher-select weighted: drop one"
+                )
+            if len(self.teacher_weight) != count:
+                raise DistillError(
+                    f"{len(self.teacher_weight)} --teacher-weight for {count} teachers: give one weight per teacher"
+                )
+            if (
+                not all(math.isfinite(w) and w >= 0 for w in self.teacher_weight)
+                or sum(self.teacher_weight) <= 0
+            ):
+                raise DistillError(
+                    f"teacher weights must be finite, >= 0 and not all 0; got {self.teacher_weight}"
+                )
+        given = [] if self.projection is None else self.projections
+        if given and len(given) != max(1, count):
+            raise DistillError(
+                f"{len(given)} --projection for {count} teachers: give one per teacher, in order, or none"
+            )
+        if count > 1:
+            if self.teacher_cache is not None:
+                raise DistillError(
+                    "a teacher cache holds one teacher: drop --teacher-cache or keep one --teacher"
+                )
+            if self.intermediate is not None:
+                raise DistillError(
+                    "intermediate losses take one teacher's hidden states: drop --intermediate"
+                )
+
+    @property
+    def teachers(self) -> list[str]:
+        """The teacher directories, in order (empty without a teacher)."""
+        return (
+            [] if self.teacher is None else self.teacher if isinstance(self.teacher, list) else [self.teacher]
+        )
+
+    @property
+    def teacher_weights(self) -> list[float]:
+        """One weight per teacher, summing to 1 (``teacher_weight`` divided by its sum; None: equal)."""
+        weights = self.teacher_weight or [1.0] * len(self.teachers)
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    @property
+    def projections(self) -> list[str | None]:
+        """The W file of each teacher, in order (None: built and cached)."""
+        if isinstance(self.projection, list):
+            return list(self.projection)
+        return (
+            [self.projection] * max(1, len(self.teachers)) if self.projection is None else [self.projection]
+        )
 
     @property
     def uses_teacher_model(self) -> bool:

@@ -97,6 +97,9 @@ class DistillResult:
             rows.append(
                 ["tokens/s (train)", "", f"{sum(r['tokens_per_s'] for r in train) / len(train):,.0f}"]
             )
+        picks = [r["teacher_picks"] for r in train if "teacher_picks" in r]
+        if picks:  # teacher_select min-ce: micro-batches each teacher taught
+            rows.append(["teacher picks (min-ce)", "", " / ".join(str(sum(c)) for c in zip(*picks))])
         first, last = (evals[0]["step"], evals[-1]["step"]) if evals else ("-", "-")
         return format_table(rows, ["held-out", f"step {first}", f"step {last}"])
 
@@ -221,31 +224,42 @@ def distill(
     set_seed(config.seed, device_specific=True)
 
     # ------------------------------------------------------------------ inputs, all checked before writing
-    inputs = [p for p in (config.teacher, config.student, config.data, config.teacher_cache) if p is not None]
+    teacher_dirs = config.teachers
+    inputs = [p for p in (*teacher_dirs, config.student, config.data, config.teacher_cache) if p is not None]
     check_output_dir(out, overwrite=True, inputs=tuple(inputs))
     if out.exists() and not (config.resume or config.overwrite):
         raise OutputError(f"{out} already exists: pass --resume to continue it, --overwrite to start over")
     cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
     student_config = load_config(config.student)
-    teacher_config = load_config(config.teacher) if config.teacher else None
-    tokenizer = load_tokenizer(config.student, config.teacher, config.teacher_cache)
+    teacher_configs = [load_config(t) for t in teacher_dirs]
+    tokenizer = load_tokenizer(config.student, *teacher_dirs[:1], config.teacher_cache)
     student_vocab = vocabulary(student_config, tokenizer)
+    spec, crosses = kd_loss_spec(config.kd_loss), None  # crosses: each teacher's cross-tokenizer KD term
+    cross_cache = cache is not None and cache.student_digest is not None  # the teacher's own tokens cached
     if cache is not None:
-        check_same_vocabulary(cache.vocabulary, student_vocab, f"cache {cache.path}", config.student)
-    spec, cross = kd_loss_spec(config.kd_loss), None  # cross: the cross-tokenizer KD term (xtoken)
-    if teacher_config is not None and spec.teacher == "aligned":
+        _check_cache(cache, spec.teacher == "aligned", student_vocab, config)
+    if spec.teacher == "aligned" and (teacher_configs or cross_cache):
         if not has_tokenizer(config.student):
             raise DistillError(f"--kd-loss {spec.name} needs the student's own tokenizer in {config.student}")
-        cross = spec.cross_tokenizer(
-            spec.name, tokenizer, load_tokenizer(config.teacher), student_width=student_vocab.size,
-            teacher_width=int(teacher_config.vocab_size), projection=config.projection,
-            cache=out.parent / f"{out.name}.projection.safetensors", temperature=config.temperature,
-            mix=config.ce_mix, kd_weight=config.kd_weight, ce_weight=config.ce_weight,
-        )  # fmt: skip
-    elif teacher_config is not None:
-        teacher_tokenizer = load_tokenizer(config.teacher) if has_tokenizer(config.teacher) else None
-        teacher_vocab = vocabulary(teacher_config, teacher_tokenizer)
-        check_same_vocabulary(teacher_vocab, student_vocab, config.teacher, config.student)
+        sides = (  # (where the teacher's tokenizer is, its logit width)
+            [(cache.path, cache.vocabulary.size)]
+            if cross_cache
+            else [(path, int(c.vocab_size)) for path, c in zip(teacher_dirs, teacher_configs)]
+        )
+        crosses = [
+            spec.cross_tokenizer(
+                spec.name, tokenizer, load_tokenizer(path), student_width=student_vocab.size,
+                teacher_width=width, projection=projection, cache=_projection_cache(out, i),
+                temperature=config.temperature, mix=config.ce_mix, kd_weight=config.kd_weight,
+                ce_weight=config.ce_weight,
+            )
+            for i, ((path, width), projection) in enumerate(zip(sides, config.projections))
+        ]  # fmt: skip
+    else:
+        for path, teacher_config in zip(teacher_dirs, teacher_configs):
+            teacher_tokenizer = load_tokenizer(path) if has_tokenizer(path) else None
+            teacher_vocab = vocabulary(teacher_config, teacher_tokenizer)
+            check_same_vocabulary(teacher_vocab, student_vocab, path, config.student)
     if cache is not None:
         if cache.seq_len != config.seq_len:
             raise DistillError(
@@ -258,11 +272,13 @@ def distill(
             tokenizer, config.data, config.seq_len, config.eval_samples, config.heldout_fraction, config.seed
         )
     student = load_causal_lm(config.student)
-    teacher = None
-    if config.teacher is not None and cache is None:  # also when only evaluation needs it (KL to teacher)
-        teacher = load_causal_lm(
-            config.teacher, torch.bfloat16 if mixed_precision == "bf16" else torch.float32
-        )
+    loaded = {}  # also when only evaluation needs them (KL to the first teacher); a directory given twice once
+    teacher_dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+    for path in teacher_dirs if cache is None else []:
+        if path not in loaded:
+            loaded[path] = load_causal_lm(path, teacher_dtype)
+    teachers = [loaded[path] for path in teacher_dirs if path in loaded]
+    teacher = teachers[0] if teachers else None
     pairs, projection = [], None  # (student, teacher) hidden-state indices for the intermediate loss
     if config.intermediate is not None:
         pairs = config.layer_map or _default_layer_map(student.config, teacher.config)
@@ -283,7 +299,7 @@ def distill(
 
     # ------------------------------------------------------------------ models, optimizer, accelerate
     fused, why_not = _fused_head(
-        config, student, teacher, accelerator.distributed_type == DistributedType.FSDP
+        config, student, teachers, accelerator.distributed_type == DistributedType.FSDP
     )
     if why_not and main:
         warnings.warn(why_not, stacklevel=2)
@@ -297,14 +313,16 @@ def distill(
         )
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if teacher is not None:
-        teacher.eval().requires_grad_(False)
+    for path, module in loaded.items():
+        module.eval().requires_grad_(False)
         if config.shard_teacher:
             if accelerator.distributed_type != DistributedType.FSDP:
                 raise DistillError("shard_teacher needs FSDP (accelerate launch with an FSDP config)")
-            teacher = accelerator.prepare_model(teacher)  # sharded; accelerate saves it in checkpoints too
+            loaded[path] = accelerator.prepare_model(module)  # sharded; accelerate saves it in checkpoints
         else:
-            teacher = teacher.to(accelerator.device)
+            loaded[path] = module.to(accelerator.device)
+    teachers = [loaded[path] for path in teacher_dirs if path in loaded]
+    teacher = teachers[0] if teachers else None
 
     num_micro, num_proc, rank = config.grad_accum, accelerator.num_processes, accelerator.process_index
     global_batch = config.batch_size * num_micro * num_proc
@@ -320,12 +338,18 @@ def distill(
         accelerator.init_trackers("nemocompress-distill", config=_tracker_config(config))
 
     def evaluate_and_log() -> None:
-        reference = None if cross is not None else teacher  # KL and top-1 need one vocabulary
+        reference = None if crosses is not None else teacher  # KL and top-1 need one vocabulary
         record = {"step": step}
         for suffix, setting in extension.evaluations() if extension else [("", contextlib.nullcontext())]:
             with setting:
                 evaluated = _evaluate(
-                    model, reference, heldout_ids, tokenizer, cache, config, accelerator.device
+                    model,
+                    reference,
+                    heldout_ids,
+                    tokenizer,
+                    None if crosses else cache,
+                    config,
+                    accelerator.device,
                 )
             record.update({f"{k}{suffix}": v for k, v in evaluated.items()})
         metrics.write(record)
@@ -349,16 +373,21 @@ def distill(
         micro_batches = order.micro_batches(step, num_micro, num_proc, rank)  # [K, B] sample indices
         step_info = extension.begin_step(step) if extension else {}
         sums = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # loss, kd, ce, inter, extra
+        picked = []  # under teacher_select min-ce: the teacher chosen for each micro-batch
         for samples in micro_batches:
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
                 input_ids = train_ids[samples].to(accelerator.device)
-                cached = cache.topk("train", samples, config.top_k) if cache is not None else None
+                cached = _cached(cache, "train", samples, config.top_k)
                 terms = _loss_terms(
-                    model, teacher, input_ids, cached, config, targets_per_micro, pairs, fused, cross
-                )
+                    model, teachers, input_ids, cached, config, targets_per_micro, pairs, fused, crosses, picked
+                )  # fmt: skip
                 accelerator.backward(terms[0])
             sums += torch.stack(terms).detach().double()
         means = accelerator.reduce(sums, "sum") / (num_micro * num_proc)  # token means over the global batch
+        if config.teacher_select == "min-ce":  # micro-batches of the global batch that each teacher taught
+            counts = torch.bincount(torch.tensor(picked, dtype=torch.long), minlength=len(teacher_dirs))
+            counts = accelerator.reduce(counts.to(accelerator.device), "sum")
+            step_info = {**step_info, "teacher_picks": counts.tolist()}
         grad_norm = None
         if config.max_grad_norm is not None and torch.isfinite(means).all():
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -422,7 +451,7 @@ def distill(
 
 def _loss_terms(
     model: nn.Module,
-    teacher: nn.Module | None,
+    teacher: nn.Module | list[nn.Module] | None,
     input_ids: Tensor,
     cached: tuple[Tensor, Tensor] | None,
     config: DistillConfig,
@@ -430,6 +459,7 @@ def _loss_terms(
     pairs: list[tuple[int, int]],
     fused: tuple[Adapter, Adapter | None] | None = None,
     cross=None,
+    picked: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(loss, kd, ce, intermediate, extra)`` of one micro-batch ``[B, S]``, each a sum over its targets /
     ``num_items`` (``extra``: the extension's term, added to the loss as it is).
@@ -441,18 +471,32 @@ def _loss_terms(
     come from the final hidden states through :func:`chunked_distill_loss_from_hidden`, so neither
     model's ``[B, S, V]`` logits are made. With ``cross`` (a cross-tokenizer KD term from
     :mod:`nemocompress.xtoken`) the teacher reads its own tokenization of the text inside that term.
+
+    Several teachers (``teacher`` and ``cross`` lists, in ``config.teachers``' order): KD is the weighted
+    sum of their terms (``config.teacher_weights``; a teacher of weight 0 is not run) or, under
+    ``teacher_select="min-ce"``, the term of the teacher with the lowest CE on this micro-batch, whose
+    index is appended to ``picked``.
     """
+    teachers, crosses = _listed(teacher), _listed(cross)
     labels = input_ids[:, 1:]  # position t predicts token t + 1
     kd = ce = inter = torch.zeros((), device=input_ids.device)
-    teacher_out = None
-    if teacher is not None and config.uses_teacher_model and cross is None:
-        forward = fused[1].trunk(teacher) if fused is not None and fused[1] is not None else teacher
-        with torch.no_grad():
-            teacher_out = forward(input_ids=input_ids, use_cache=False, output_hidden_states=bool(pairs))
+    weights = config.teacher_weights if len(teachers) > 1 else [1.0]
+    choose = config.teacher_select == "min-ce" and len(weights) > 1
+    teacher_outs = {}
+    if teachers and config.uses_teacher_model and not crosses:
+        for i in (i for i, w in enumerate(weights) if choose or w > 0):
+            forward = (
+                fused[1].trunk(teachers[i]) if fused is not None and fused[1] is not None else teachers[i]
+            )
+            with torch.no_grad():
+                teacher_outs[i] = forward(
+                    input_ids=input_ids, use_cache=False, output_hidden_states=bool(pairs)
+                )
+    teacher_out = teacher_outs.get(0)  # the one teacher of the fused path and of intermediate losses
     hidden_layers = tuple(s for s, _ in pairs)
     if fused is not None:
         teacher_head = (
-            (teacher_out.last_hidden_state, fused[1].lm_head(teacher)) if fused[1] is not None else None
+            (teacher_out.last_hidden_state, fused[1].lm_head(teachers[0])) if fused[1] is not None else None
         )
         head_loss = partial(
             _fused_logit_loss, teacher=teacher_head, labels=labels, config=config, num_items=num_items
@@ -461,11 +505,28 @@ def _loss_terms(
     else:
         student_logits, student_hidden, extra = model(input_ids, hidden_layers)
         student_logits = student_logits[:, :-1]
-        if cross is not None:  # KD (the teacher runs on its own tokens) and CE, mixed
-            logit_loss, kd, ce = cross(student_logits, input_ids, teacher, num_items)
+        if crosses:  # KD (each teacher runs on its own tokens) and CE, mixed
+            views = {}
+
+            def view(i: int):
+                if i not in views:
+                    views[i] = crosses[i].teacher_view(input_ids, teachers[i] if teachers else None, cached)
+                return views[i]
+
+            chosen = _teacher_mixture(weights, choose, lambda i: crosses[i].teacher_ce(view(i)), picked)
+            kd = _weighted([(w, crosses[i].kd_term(student_logits, view(i), num_items)) for i, w in chosen])
+            ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
+            logit_loss = crosses[0].mix(kd, ce)
         else:
             if config.kd_weight > 0:
-                kd = _logit_kd(student_logits, teacher_out, cached, config, num_items)
+                teacher_ce = lambda i: cross_entropy_loss(teacher_outs[i].logits[:, :-1], labels)  # noqa: E731
+                chosen = _teacher_mixture(weights, choose, teacher_ce, picked)
+                kd = _weighted(
+                    [
+                        (w, _logit_kd(student_logits, teacher_outs.get(i), cached, config, num_items))
+                        for i, w in chosen
+                    ]
+                )
             if config.ce_weight > 0:
                 ce = cross_entropy_loss(student_logits, labels, num_items=num_items)
             logit_loss = config.kd_weight * kd + config.ce_weight * ce
@@ -484,6 +545,32 @@ def _loss_terms(
     else:
         extra = torch.zeros((), device=input_ids.device)
     return loss, kd, ce, inter, extra
+
+
+def _listed(value) -> list:
+    """None -> [], a list or tuple as a list, anything else -> [it]."""
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _teacher_mixture(weights: list[float], choose: bool, teacher_ce, picked: list[int] | None):
+    """``[(teacher index, weight)]`` of the KD sum: every teacher of weight > 0, or with ``choose`` the one
+    whose ``teacher_ce(i)`` is lowest (its index appended to ``picked``)."""
+    if not choose:
+        return [(i, w) for i, w in enumerate(weights) if w > 0]
+    scores = [float(teacher_ce(i)) for i in range(len(weights))]
+    best = min(range(len(scores)), key=scores.__getitem__)
+    if picked is not None:
+        picked.append(best)
+    return [(best, 1.0)]
+
+
+def _weighted(terms: list[tuple[float, Tensor]]) -> Tensor:
+    """``sum_i w_i * term_i``; a lone term of weight 1 as it is."""
+    (w0, first), rest = terms[0], terms[1:]
+    total = first if w0 == 1.0 else w0 * first
+    for w, term in rest:
+        total = total + w * term
+    return total
 
 
 def _logit_kd(student_logits: Tensor, teacher_out, cached, config: DistillConfig, num_items: float) -> Tensor:
@@ -527,16 +614,19 @@ def _fused_logit_loss(
 
 
 def _fused_head(
-    config: DistillConfig, student: nn.Module, teacher: nn.Module | None, fsdp: bool
+    config: DistillConfig, student: nn.Module, teacher: nn.Module | list[nn.Module] | None, fsdp: bool
 ) -> tuple[tuple[Adapter, Adapter | None] | None, str | None]:
     """``((student adapter, teacher adapter or None), None)`` when KD and CE can fuse the LM heads, else
     ``(None, why not)`` (``(None, None)`` when not asked for or no logit term is trained)."""
     if not config.fused_head or (config.kd_weight == 0 and config.ce_weight == 0):
         return None, None
+    teachers = _listed(teacher)
     kd = config.kd_weight > 0
-    models = [student, teacher] if kd else [student]
+    models = [student, *teachers[:1]] if kd else [student]
     reason = None
-    if kd and kd_loss_spec(config.kd_loss).teacher == "aligned":
+    if kd and len(teachers) > 1:
+        reason = "several teachers are mixed on their logits"
+    elif kd and kd_loss_spec(config.kd_loss).teacher == "aligned":
         reason = f"--kd-loss {config.kd_loss} compares two tokenizations chunk by chunk"
     elif kd and kd_loss_spec(config.kd_loss).per_token is None:
         reason = f"--kd-loss {config.kd_loss} reads the teacher's top-k logits, not its full distribution"
@@ -553,6 +643,57 @@ def _fused_head(
     if reason is not None:
         return None, f"the fused LM-head loss is not used ({reason}): computing full logits instead"
     return (adapters[0], adapters[1] if kd else None), None
+
+
+def _check_cache(cache: TeacherCache, aligned: bool, student_vocab, config: DistillConfig) -> None:
+    """Refuse a teacher cache that does not fit the run: its kind (same- or cross-tokenizer) against the KD
+    loss, the student's tokenizer, and for a cross-tokenizer cache given ``data`` the training tokens."""
+    if cache.student_digest is None:
+        if aligned:
+            raise DistillError(
+                f"{cache.path} holds same-tokenizer top-k logits: pass --kd-loss topk-kl, or rebuild it with "
+                f"`nemocompress cache-teacher --student {config.student}` for --kd-loss {config.kd_loss}"
+            )
+        check_same_vocabulary(cache.vocabulary, student_vocab, f"cache {cache.path}", config.student)
+        return
+    if not aligned:
+        raise DistillError(
+            f"{cache.path} holds a teacher of another tokenizer (its own tokens and top-k): pass --kd-loss pkl, "
+            "hkl, uld or gold"
+        )
+    if cache.student_digest != student_vocab.digest:
+        raise DistillError(
+            f"{cache.path} was built for another student tokenizer than {config.student}'s: rebuild it with "
+            f"`nemocompress cache-teacher --student {config.student}`"
+        )
+    if config.data is not None:
+        meta = cache.meta
+        train, _ = distill_samples(
+            load_tokenizer(config.student), config.data, cache.seq_len, cache.num_samples("heldout"),
+            meta["heldout_fraction"], meta["seed"], cache.num_samples("train"),
+        )  # fmt: skip
+        if fingerprint(train) != meta["splits"]["train"]["fingerprint"]:
+            raise DistillError(
+                f"{cache.path} was built from other data than {config.data}: rebuild it, or drop --data (the "
+                "cache holds the tokens)"
+            )
+
+
+def _cached(cache: TeacherCache | None, split: str, samples: Tensor, top_k: int):
+    """What the cache holds of these samples for the loss: same-tokenizer top-k ``(values, indices)``, or the
+    cross-tokenizer teacher side (:meth:`TeacherCache.teacher_topk`); None without a cache."""
+    if cache is None:
+        return None
+    return (
+        cache.topk(split, samples, top_k)
+        if cache.student_digest is None
+        else cache.teacher_topk(split, samples)
+    )
+
+
+def _projection_cache(out: Path, teacher: int) -> Path:
+    """Where the W of teacher ``teacher`` (0-based) is cached beside ``out``."""
+    return out.parent / f"{out.name}.projection{'' if teacher == 0 else f'-{teacher}'}.safetensors"
 
 
 def _default_layer_map(student_config, teacher_config) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ projection.save("w.safetensors"); print(projection.table())
 """
 
 from .align import Alignment, align_pieces, align_spans
+from .cache import teacher_reader
 from .losses import Chunks, TokenPairs, chunks_from_alignments, gold_loss, hkl_loss, pkl_loss, uld_loss
 from .projection import Projection, build_projection
 from .sparse import ColumnSlice, SparseMatrix, sparse_project
@@ -35,5 +36,6 @@ __all__ = [
     "pkl_loss",
     "projection_for",
     "sparse_project",
+    "teacher_reader",
     "uld_loss",
 ]

@@ -13,6 +13,7 @@ Importing :mod:`nemocompress.xtoken` registers ``pkl``, ``hkl``, ``uld`` and ``g
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..distill.config import CE_MIXES
 from ..distill.losses import KDLossSpec, cross_entropy_loss, register_kd_loss
 from .align import align_pieces
 from .losses import (
+    Chunks,
     chunks_from_alignments,
     common_pairs,
     gold_loss,
@@ -34,9 +36,24 @@ from .losses import (
 from .projection import Projection, build_projection
 from .vocab import TokenBytes, XTokenError
 
-__all__ = ["CrossTokenizerKD", "projection_for"]
+__all__ = ["MISSING_LOGIT", "CrossTokenizerKD", "TeacherView", "dense_logits", "projection_for"]
 
 logger = logging.getLogger(__name__)
+
+# A logit outside a cached top-k: finite (so 0 * log 0 stays 0 in the losses) yet exp() of it is 0.
+MISSING_LOGIT = -1e9
+
+
+@dataclass
+class TeacherView:
+    """What one teacher gives a micro-batch: ``logits [B, S_t - 1, V_t]`` at its prediction positions, the
+    aligned ``chunks``, its next-token ``targets [B, S_t - 1]`` (-100 at padding) and the bytes of text
+    those targets spell."""
+
+    logits: Tensor
+    chunks: Chunks
+    targets: Tensor
+    num_bytes: int
 
 
 def projection_for(
@@ -64,6 +81,11 @@ def projection_for(
 
 class CrossTokenizerKD:
     """``(student_logits [B, S-1, V_s], input_ids [B, S], teacher, num_items) -> (loss, kd, ce)``.
+
+    The call is :meth:`teacher_view` (the teacher's logits on its own tokens and the aligned chunks),
+    :meth:`kd_term` and :meth:`mix` with CE; the trainer calls these pieces itself for several teachers
+    (a weighted sum of their KD terms, or the one with the lowest :meth:`teacher_ce`) and for a
+    cross-tokenizer teacher cache (``teacher_view(..., cached=...)``).
 
     Args:
         loss: ``"pkl"``, ``"hkl"``, ``"uld"`` or ``"gold"``.
@@ -103,7 +125,8 @@ class CrossTokenizerKD:
                     f"the {side} tokenizer has {len(vocab)} ids but its model only {width} logits: "
                     "pair each model with its own tokenizer"
                 )
-        self.mix, self.kd_weight, self.ce_weight, self.temperature = mix, kd_weight, ce_weight, temperature
+        self.mix_mode, self.kd_weight, self.ce_weight = mix, kd_weight, ce_weight
+        self.temperature, self.teacher_width = temperature, teacher_width
         self.pad_id = teacher_tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = teacher_tokenizer.eos_token_id if teacher_tokenizer.eos_token_id is not None else 0
@@ -130,26 +153,60 @@ class CrossTokenizerKD:
             self._device = device
 
     def teacher_inputs(
-        self, input_ids: Tensor
+        self, input_ids: Tensor, limit: int | None = None
     ) -> tuple[Tensor, Tensor, list[list[bytes | None]], list[list[bytes | None]]]:
         """The teacher's ids ``[B, S_t]`` and validity mask for the text of each student row, and both sides'
-        token bytes."""
-        vocab = self.student_vocab
-        student = [[vocab.pieces[i] if i < len(vocab) else None for i in row] for row in input_ids.tolist()]
+        token bytes; ``limit`` (the teacher's context) cuts longer teacher rows."""
+        student = self.student_pieces(input_ids)
         texts = [b"".join(p or b"" for p in row).decode("utf-8", errors="replace") for row in student]
         backend = getattr(self.teacher_tokenizer, "backend_tokenizer", None)
         if backend is not None:
             rows = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
         else:
             rows = [self.teacher_tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        if limit:  # the teacher's tokens outrun its context: cut them
+            rows = [row[:limit] for row in rows]
         width = max(2, max(map(len, rows)))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         valid = torch.zeros(len(rows), width, dtype=torch.bool)
         for b, row in enumerate(rows):
             ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
             valid[b, : len(row)] = True
-        teacher = [[self.teacher_vocab.pieces[i] for i in row] for row in rows]
-        return ids, valid, student, teacher
+        return ids, valid, student, self.teacher_pieces(ids, valid)
+
+    def student_pieces(self, input_ids: Tensor) -> list[list[bytes | None]]:
+        vocab = self.student_vocab
+        return [[vocab.pieces[i] if i < len(vocab) else None for i in row] for row in input_ids.tolist()]
+
+    def teacher_pieces(self, teacher_ids: Tensor, valid: Tensor) -> list[list[bytes | None]]:
+        pieces, lengths = self.teacher_vocab.pieces, valid.sum(1).tolist()
+        return [[pieces[i] for i in row[:n]] for row, n in zip(teacher_ids.tolist(), lengths)]
+
+    def teacher_view(self, input_ids: Tensor, teacher: nn.Module | None = None, cached=None) -> TeacherView:
+        """The teacher's reading of a micro-batch ``[B, S]``: ``teacher`` runs on its own tokens of the text,
+        or ``cached`` (from a cross-tokenizer teacher cache: the teacher's ids ``[B, L]``, validity ``[B, L]``
+        and top-k logit values and ids ``[B, L - 1, k]``) stands for it: logits outside the cached top-k
+        are :data:`MISSING_LOGIT` (probability 0, the rest renormalized)."""
+        device = input_ids.device
+        self._to(device)
+        if cached is not None:
+            teacher_ids, valid, values, indices = (t.cpu() for t in cached)
+            student_pieces = self.student_pieces(input_ids)
+            teacher_pieces = self.teacher_pieces(teacher_ids, valid)
+            logits = dense_logits(values.to(device), indices.to(device), self.teacher_width)
+        else:
+            limit = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
+            teacher_ids, valid, student_pieces, teacher_pieces = self.teacher_inputs(input_ids, limit)
+            with torch.no_grad():
+                out = teacher(
+                    input_ids=teacher_ids.to(device), attention_mask=valid.long().to(device), use_cache=False
+                )
+            logits = out.logits[:, :-1]
+        alignments = [align_pieces(s, t) for s, t in zip(student_pieces, teacher_pieces)]
+        chunks = chunks_from_alignments(alignments, input_ids.cpu(), teacher_ids, valid).to(device)
+        targets = teacher_ids[:, 1:].masked_fill(~valid[:, 1:], -100).to(device)
+        num_bytes = sum(len(p or b"") for row in teacher_pieces for p in row[1:])
+        return TeacherView(logits, chunks, targets, num_bytes)
 
     def kd(self, student_logits: Tensor, teacher_logits: Tensor, chunks) -> Tensor:
         """The KD loss of aligned chunks (teacher logits at prediction positions ``[B, S_t - 1, V_t]``)."""
@@ -162,31 +219,40 @@ class CrossTokenizerKD:
             return uld_loss(student_logits, teacher_logits, chunks, temperature=t)
         return gold_loss(student_logits, teacher_logits, chunks, self.matched, temperature=t)
 
+    def kd_term(self, student_logits: Tensor, view: TeacherView, num_items: float) -> Tensor:
+        """The KD term of one micro-batch: the chunk mean, weighted as the micro-batch's share of the global
+        batch's ``num_items`` targets."""
+        self._to(student_logits.device)
+        share = student_logits.shape[:-1].numel() / num_items
+        return self.kd(student_logits, view.logits, view.chunks) * share
+
+    @staticmethod
+    def teacher_ce(view: TeacherView) -> Tensor:
+        """The teacher's cross-entropy on its own tokens of the batch, in nats per byte of text (so teachers
+        with different tokenizers compare)."""
+        nats = cross_entropy_loss(view.logits.detach(), view.targets, num_items=1)
+        return nats / max(1, view.num_bytes)
+
+    def mix(self, kd: Tensor, ce: Tensor) -> Tensor:
+        """The logit loss from the KD and CE terms: ``sg(CE / KD) * KD + CE``, or the fixed weights."""
+        if self.mix_mode == "dynamic":
+            scale = torch.where(kd.detach() > 0, ce.detach() / kd.detach().clamp_min(1e-12), 0.0)
+            return scale * kd + ce
+        return self.kd_weight * kd + self.ce_weight * ce
+
     def __call__(
         self, student_logits: Tensor, input_ids: Tensor, teacher: nn.Module, num_items: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        device = student_logits.device
-        self._to(device)
-        teacher_ids, valid, student_pieces, teacher_pieces = self.teacher_inputs(input_ids)
-        limit = getattr(getattr(teacher, "config", None), "max_position_embeddings", None)
-        if limit and teacher_ids.shape[1] > limit:  # the teacher's tokens outrun its context: cut them
-            teacher_ids, valid = teacher_ids[:, :limit], valid[:, :limit]
-        with torch.no_grad():
-            out = teacher(
-                input_ids=teacher_ids.to(device), attention_mask=valid.long().to(device), use_cache=False
-            )
-        alignments = [
-            align_pieces(s, t[: int(v.sum())]) for s, t, v in zip(student_pieces, teacher_pieces, valid)
-        ]
-        chunks = chunks_from_alignments(alignments, input_ids.cpu(), teacher_ids, valid).to(device)
-        # the chunk mean of this micro-batch, weighted as its share of the global batch's targets
-        share = student_logits.shape[:-1].numel() / num_items
-        kd = self.kd(student_logits, out.logits[:, :-1], chunks) * share
+        kd = self.kd_term(student_logits, self.teacher_view(input_ids, teacher), num_items)
         ce = cross_entropy_loss(student_logits, input_ids[:, 1:], num_items=num_items)
-        if self.mix == "dynamic":
-            scale = torch.where(kd.detach() > 0, ce.detach() / kd.detach().clamp_min(1e-12), 0.0)
-            return scale * kd + ce, kd, ce
-        return self.kd_weight * kd + self.ce_weight * ce, kd, ce
+        return self.mix(kd, ce), kd, ce
+
+
+def dense_logits(values: Tensor, indices: Tensor, width: int) -> Tensor:
+    """``[..., width]`` logits holding ``values [..., k]`` at ``indices [..., k]`` and :data:`MISSING_LOGIT`
+    elsewhere (float32)."""
+    out = torch.full((*values.shape[:-1], width), MISSING_LOGIT, dtype=torch.float32, device=values.device)
+    return out.scatter_(-1, indices.long(), values.float())
 
 
 _SUMMARIES = {
