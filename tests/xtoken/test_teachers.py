@@ -43,10 +43,12 @@ def test_a_same_and_a_cross_tokenizer_teacher_train_together(models, tmp_path, s
     other = Projection.load(tmp_path / "out.projection-1.safetensors")
     assert same.stats["exact_share"] > 0.9
     assert same.student_fingerprint == same.teacher_fingerprint != other.teacher_fingerprint
-    # per batch the teacher with the lowest CE per byte: every micro-batch is counted once
+    # per batch the teacher with the lowest CE per byte: both are random, so per token the character-level
+    # teacher (ln 128 nats) beats the BPE one (ln 700), but per byte of text the BPE one (several bytes a
+    # token) is far better, and it is picked for every micro-batch
     chosen = distill(
         DistillConfig(**{**config.to_dict(), "teacher_weight": None, "teacher_select": "min-ce", "steps": 2,
                          "output_dir": str(tmp_path / "min")})
     )  # fmt: skip
     picks = [r["teacher_picks"] for r in chosen.records if "loss" in r]
-    assert [sum(p) for p in picks] == [1, 1]
+    assert picks == [[1, 0], [1, 0]]
