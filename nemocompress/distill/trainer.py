@@ -18,7 +18,8 @@ deterministic).
   settings), written beside and renamed, so a checkpoint is whole or absent; the last
   ``keep_checkpoints`` are kept. The learning rate (:func:`lr_at`) and the data position are pure
   functions of the step, so the step restores them;
-- ``metrics.jsonl``: one record per step (loss terms, lr, grad norm, tokens, tokens/s) and per
+- ``metrics.jsonl``: one record per step (loss terms, lr, grad norm, tokens, tokens/s; under
+  ``teacher_select="min-ce"`` ``teacher_picks``, the micro-batches each teacher taught) and per
   evaluation (``eval/loss``, ``eval/bpb``, ``eval/kl`` or ``eval/kl_topk``, ``eval/top1``);
 - ``loss_curve.png``; and at the end ``final/``: the student as a stock Hugging Face checkpoint.
 """
