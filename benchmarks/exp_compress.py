@@ -48,7 +48,8 @@ def main() -> None:
             out, resume=True, model=model, data=domains["prose"], target_params=target, kd_steps=args.kd_steps,
             seq_len=args.seq_len, kd_lr=1e-3, eval_samples=args.samples, progress=False,
         )  # fmt: skip
-        models[target] = str(out / "model")
+        models[f"{target} pruned"] = str(out / "stages" / "03-prune")
+        models[f"{target} distilled"] = str(out / "model")
     results = {}
     for name, path in models.items():
         for domain, data in domains.items():
