@@ -24,7 +24,9 @@ continues at the stage and training step where a run stopped and never redoes a 
 (model, data, teacher cache) are only read.
 
 Under ``torchrun`` / ``accelerate launch`` the calibration is sharded and the distillation runs DDP or FSDP
-as accelerate is configured; planning, slicing, evaluation and the report run on the main process.
+as accelerate is configured; planning, slicing, evaluation and the report run on the main process, while the
+others wait for the plan and the pruned checkpoint on the file system (``OUT`` must be shared by all
+processes) and end once the student is distilled.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -298,12 +301,15 @@ def compress(
     }
     everyone = {"01-importance", "04-distill"}  # the others run on the main process only
     for name, run in runs.items():
-        if not _done(stages / name):
-            if name in everyone or state.is_main_process:
+        if name in everyone or state.is_main_process:
+            if not _done(stages / name):
                 run(recipe, stages, progress)
-        _barrier()
+            if name in everyone:
+                _barrier()
+        elif name != "05-eval":
+            _wait_for(stages / name)
     if not state.is_main_process:
-        return CompressResult(out, {})  # the main process writes the report
+        return CompressResult(out, {})  # the main process evaluates and writes the report
     return CompressResult(out, _finish(recipe, out))
 
 
@@ -313,6 +319,14 @@ def _barrier() -> None:
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _wait_for(stage: Path, every_s: float = 1.0) -> None:
+    """Wait for the main process to finish ``stage``, watching the file system (``OUT`` is shared by all
+    processes) rather than in a collective, whose timeout (10 minutes under NCCL) a long search or slicing
+    would pass. A main process that fails ends the launch (torchrun stops the others)."""
+    while not _done(stage):
+        time.sleep(every_s)
 
 
 def _processes():

@@ -261,3 +261,72 @@ def test_distill_stage_on_two_processes_equals_one(whole, tmp_path, launcher):
         json.loads(x) for x in (out / "stages" / "04-distill" / "metrics.jsonl").read_text().splitlines()
     ]
     assert len([r for r in records if "loss" in r]) == 6
+
+
+DIST_SCRIPT = Path(__file__).with_name("dist_compress.py")
+
+
+def _torchrun(record_dir: Path, argv: list[str]) -> list[dict]:
+    """``nemocompress ARGV`` on two CPU processes (gloo); what each process ran (dist_compress.py)."""
+    record_dir.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(api.__file__).parents[1])}
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    done = subprocess.run([sys.executable, *launch, str(DIST_SCRIPT), str(record_dir), *argv], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "terminate called" not in done.stderr, done.stderr[-3000:]
+    records = [json.loads((record_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for record in records:  # the process group was destroyed, not kept alive into interpreter exit
+        assert record.pop("gloo_threads") == []
+    return records
+
+
+@pytest.fixture(scope="module")
+def two(parent, tmp_path_factory):
+    """The uninterrupted run of `whole` from scratch on two processes, and what each process ran."""
+    root = tmp_path_factory.mktemp("two")
+    records = _torchrun(root / "records", _argv(parent, root / "out", "--target-params", TARGET, *KD))
+    return root / "out", records
+
+
+def _importance_stats(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "stages" / "01-importance" / "scores.safetensors")
+
+
+def test_whole_run_on_two_processes_equals_one(whole, two):
+    """Calibration sharded over both processes, plan / prune / eval on the main one, distillation DDP: the
+    same importance statistics (1e-9), plan and (to float sums) student as the one-process run."""
+    out, (main_rank, other) = two
+    assert main_rank == {"stages": ["_importance", "_plan", "_prune", "_distill", "_eval"], "calibrated": 4}
+    assert other == {"stages": ["_importance", "_distill"], "calibrated": 4}  # half of the 8 samples each
+    one, both = _importance_stats(whole), _importance_stats(out)
+    assert one.keys() == both.keys() and len(one) > 10
+    for key, value in one.items():
+        torch.testing.assert_close(both[key], value, rtol=1e-9, atol=1e-9, msg=key)
+    plan = lambda o: json.loads((o / "stages" / "02-plan" / "plan.json").read_text())  # noqa: E731
+    assert plan(out) == plan(whole)
+    a, b = _weights(whole / "model"), _weights(out / "model")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert list(json.loads((out / "report.json").read_text())["models"]) == ["parent", "pruned", "distilled"]
+    assert not list((out / "stages").glob(".*"))  # no work, partial or temporary directory left
+
+
+@pytest.mark.parametrize("finished", ["01-importance", "04-distill"])
+def test_two_processes_resumed_redo_no_finished_stage(two, tmp_path, finished):
+    """Resumed after the importance stage (or the distillation), neither process redoes it; the others end
+    with the main process still evaluating."""
+    out = tmp_path / "out"
+    shutil.copytree(two[0], out)
+    kept = STAGES[: STAGES.index(finished) + 1]
+    for name in [*(f"stages/{s}" for s in STAGES if s not in kept), "model"]:
+        shutil.rmtree(out / name)
+    (out / "report.json").unlink()
+    before = {s: _digest(out / "stages" / s) for s in kept}
+    records = _torchrun(tmp_path / "records", ["compress", "-o", str(out), "--resume", "--no-progress"])
+    left = ["_" + s.split("-")[1] for s in STAGES if s not in kept]
+    assert records[0] == {"stages": left, "calibrated": 0}
+    assert records[1] == {"stages": [s for s in left if s == "_distill"], "calibrated": 0}
+    assert {s: _digest(out / "stages" / s) for s in kept} == before
+    _assert_same_weights(two[0] / "model", out / "model")  # the same two-process computation, bitwise

@@ -1,6 +1,9 @@
-"""Run by test_two_processes: calibrate a zoo model on this process's shard and save the reduced result."""
+"""Run by test_two_processes: calibrate a zoo model on this process's shard and save the reduced result; fail
+if a gloo thread outlives the process group (a process exiting with one running while a peer still runs may
+abort: "terminate called without an active exception")."""
 
 import sys
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -20,3 +23,7 @@ if __name__ == "__main__":
         artifact.save(sys.argv[1])
     state.wait_for_everyone()
     state.destroy_process_group()
+    tasks = Path("/proc/self/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+    if any("gloo" in n for n in names):
+        sys.exit(f"gloo threads still running after destroy_process_group: {names}")
