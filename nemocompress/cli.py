@@ -616,8 +616,9 @@ def _compress(args) -> None:
         args.output, args.recipe, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
         model=args.model, **_dataclass_values(args, api.CompressRecipe),
     )  # fmt: skip
-    print(result.table())
-    print(f"\nstudent: {result.model_dir}\nreport: {result.output_dir / 'report.md'}")
+    if result.report:  # the main process (the others do not read the report)
+        print(result.table())
+        print(f"\nstudent: {result.model_dir}\nreport: {result.output_dir / 'report.md'}")
 
 
 # ---------------------------------------------------------------------- elastic (nested submodels)
