@@ -70,6 +70,7 @@ _DEMO = {
     "seq_len": {"help": "tokens per sample"},
     "target_params": {"help": "parameters of the compressed model"},
     "kd_steps": {"help": "distillation steps (0: prune only)"},
+    "kd_lr": {"help": "peak distillation learning rate"},
     "resume": {"help": "continue an interrupted demo in -o"},
 }
 _ZOO = {
