@@ -22,7 +22,7 @@ from nemocompress import api
 from nemocompress.report import format_table, human
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--model", default=None, help="default: SmolLM2-135M from the cache")
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--kd-steps", type=int, default=200)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--samples", type=int, default=32, help="held-out samples per domain")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from nemocompress.assets import fetch_smollm2, fetch_text
 
     work = Path(args.workdir)
