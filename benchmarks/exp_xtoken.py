@@ -13,6 +13,9 @@
 
 Results go to ``WORKDIR/results.json`` and a Markdown table on stdout.
 
+``--start DIR`` transplants a given smaller checkpoint of the teacher instead (e.g. the distilled student of
+``benchmarks/exp_compress.py``), a start much nearer the teacher.
+
 Usage (CPU; about 20 minutes on 2 idle cores at the defaults):
   python benchmarks/exp_xtoken.py --workdir /tmp/exp_xtoken
   python benchmarks/exp_xtoken.py --workdir /tmp/exp_xtoken --steps 10 --losses pkl,ce   # a quick check
@@ -43,6 +46,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workdir", default="/tmp/exp_xtoken")
     p.add_argument("--tokenizer", default="gpt2", help="the student's new tokenizer (nemocompress.assets)")
     p.add_argument("--importance", default="magnitude", choices=("magnitude", "random"))
+    p.add_argument(
+        "--start",
+        default=None,
+        help="a smaller checkpoint of the teacher (e.g. a compress run's model/) to transplant instead of pruning",
+    )
     p.add_argument("--losses", default=",".join(LOSSES))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seq-len", type=int, default=128)
@@ -83,11 +91,12 @@ def main() -> None:
     timings = {}
 
     started = time.perf_counter()
-    options = api.ImportanceOptions(ranking=args.importance)
-    api.prune(teacher, work / "pruned", EXPORT, options, overwrite=True, progress=False)
-    moved = api.xtoken_transplant(
-        work / "pruned", fetch_tokenizer(args.tokenizer), work / "student", overwrite=True
-    )
+    start = args.start
+    if start is None:
+        options = api.ImportanceOptions(ranking=args.importance)
+        api.prune(teacher, work / "pruned", EXPORT, options, overwrite=True, progress=False)
+        start = work / "pruned"
+    moved = api.xtoken_transplant(start, fetch_tokenizer(args.tokenizer), work / "student", overwrite=True)
     timings["prune_and_transplant_s"] = time.perf_counter() - started
     print(moved.table(), flush=True)
 
@@ -118,7 +127,13 @@ def main() -> None:
     evals = {
         m: {t: text_bpb(path, text, args.seq_len) for t, text in texts.items()} for m, path in models.items()
     }
-    results = {"args": vars(args), "export": EXPORT, "timings": timings, "runs": runs, "bpb": evals}
+    results = {
+        "args": vars(args),
+        "export": None if args.start else EXPORT,
+        "timings": timings,
+        "runs": runs,
+        "bpb": evals,
+    }
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\n| model | {' | '.join(texts)} (bits/byte) |")
     print("|---|" + "---:|" * len(texts))
