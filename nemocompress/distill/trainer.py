@@ -343,14 +343,9 @@ def distill(
         record = {"step": step}
         for suffix, setting in extension.evaluations() if extension else [("", contextlib.nullcontext())]:
             with setting:
+                topk = None if crosses else cache  # a cross-tokenizer cache has no same-vocabulary top-k
                 evaluated = _evaluate(
-                    model,
-                    reference,
-                    heldout_ids,
-                    tokenizer,
-                    None if crosses else cache,
-                    config,
-                    accelerator.device,
+                    model, reference, heldout_ids, tokenizer, topk, config, accelerator.device
                 )
             record.update({f"{k}{suffix}": v for k, v in evaluated.items()})
         metrics.write(record)
@@ -520,7 +515,10 @@ def _loss_terms(
             logit_loss = crosses[0].mix(kd, ce)
         else:
             if config.kd_weight > 0:
-                teacher_ce = lambda i: cross_entropy_loss(teacher_outs[i].logits[:, :-1], labels)  # noqa: E731
+
+                def teacher_ce(i: int) -> Tensor:
+                    return cross_entropy_loss(teacher_outs[i].logits[:, :-1], labels)
+
                 chosen = _teacher_mixture(weights, choose, teacher_ce, picked)
                 kd = _weighted(
                     [

@@ -80,12 +80,11 @@ def projection_for(
 
 
 class CrossTokenizerKD:
-    """``(student_logits [B, S-1, V_s], input_ids [B, S], teacher, num_items) -> (loss, kd, ce)``.
-
-    The call is :meth:`teacher_view` (the teacher's logits on its own tokens and the aligned chunks),
-    :meth:`kd_term` and :meth:`mix` with CE; the trainer calls these pieces itself for several teachers
-    (a weighted sum of their KD terms, or the one with the lowest :meth:`teacher_ce`) and for a
-    cross-tokenizer teacher cache (``teacher_view(..., cached=...)``).
+    """The KD term between a student and a teacher of another tokenizer, in three steps: :meth:`teacher_view`
+    (the teacher's logits on its own tokens of the micro-batch's text, live or from a cross-tokenizer
+    teacher cache, and the aligned chunks), :meth:`kd_term` (the chunk-averaged loss) and :meth:`mix` with
+    CE. The trainer sums several teachers' KD terms (or takes the one with the lowest :meth:`teacher_ce`)
+    before mixing.
 
     Args:
         loss: ``"pkl"``, ``"hkl"``, ``"uld"`` or ``"gold"``.
@@ -239,13 +238,6 @@ class CrossTokenizerKD:
             scale = torch.where(kd.detach() > 0, ce.detach() / kd.detach().clamp_min(1e-12), 0.0)
             return scale * kd + ce
         return self.kd_weight * kd + self.ce_weight * ce
-
-    def __call__(
-        self, student_logits: Tensor, input_ids: Tensor, teacher: nn.Module, num_items: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        kd = self.kd_term(student_logits, self.teacher_view(input_ids, teacher), num_items)
-        ce = cross_entropy_loss(student_logits, input_ids[:, 1:], num_items=num_items)
-        return self.mix(kd, ce), kd, ce
 
 
 def dense_logits(values: Tensor, indices: Tensor, width: int) -> Tensor:
